@@ -535,7 +535,8 @@ class Model(metaclass=ModelMeta):
             culprits = [k for k, v in terms.items() if torch.isnan(v[0]) or v[0] == float("inf")]
             raise ModelError(
                 f"Model '{self.name}': the log density is {float(lp[chain])} at chain {chain}; "
-                f"the terms {culprits} are NaN or +inf there (values {self.constrain(z[chain : chain + 1])}). "
+                f"the terms {culprits} are NaN or +inf there "
+                f"(at {self.constrain(z[chain : chain + 1])}). "
                 "Check those priors or likelihoods, or start elsewhere."
             )
         return lp
