@@ -1,0 +1,154 @@
+"""Warmup adaptation, kept apart from the kernels: dual averaging of a step size (or a
+proposal scale), Welford estimates of the posterior (co)variance, and Stan's windows.
+
+All of it is batched over chains: each chain adapts its own step size and metric.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class DualAveraging:
+    """Nesterov's dual averaging as in Stan (Hoffman & Gelman 2014, section 3.2), per chain.
+
+    Drives ``exp(x)`` so that the mean of the adaptation statistic approaches ``target``.
+    """
+
+    def __init__(self, target: float, gamma: float = 0.05, t0: float = 10.0, kappa: float = 0.75):
+        self.target, self.gamma, self.t0, self.kappa = target, gamma, t0, kappa
+
+    def restart(self, value: Tensor, mu: Tensor) -> None:
+        """Start again from ``value`` (per chain), shrinking toward ``mu`` (log scale)."""
+        self.x = value.log()
+        self.mu = mu
+        self.x_avg = torch.zeros_like(self.x)
+        self.g_avg = torch.zeros_like(self.x)
+        self.t = 0
+
+    def update(self, statistic: Tensor) -> Tensor:
+        """One update from this iteration's statistic; returns the next value, ``exp(x)``."""
+        self.t += 1
+        eta = 1.0 / (self.t + self.t0)
+        statistic = statistic.clamp(max=1.0).nan_to_num(0.0)
+        self.g_avg = (1.0 - eta) * self.g_avg + eta * (self.target - statistic)
+        self.x = self.mu - (math.sqrt(self.t) / self.gamma) * self.g_avg
+        weight = self.t ** (-self.kappa)
+        self.x_avg = (1.0 - weight) * self.x_avg + weight * self.x
+        return self.x.exp()
+
+    def final(self) -> Tensor:
+        """The averaged value, used once adaptation ends."""
+        return self.x_avg.exp()
+
+
+class Welford:
+    """Running mean and (co)variance of ``[chains, dim]`` draws, one estimate per chain."""
+
+    def __init__(self, chains: int, dim: int, dense: bool, dtype, device):
+        self.dense = dense
+        self.mean = torch.zeros(chains, dim, dtype=dtype, device=device)
+        shape = (chains, dim, dim) if dense else (chains, dim)
+        self.m2 = torch.zeros(shape, dtype=dtype, device=device)
+        self.n = 0
+
+    def update(self, z: Tensor) -> None:
+        self.n += 1
+        delta = z - self.mean
+        self.mean += delta / self.n
+        if self.dense:
+            self.m2 += delta.unsqueeze(-1) * (z - self.mean).unsqueeze(-2)
+        else:
+            self.m2 += delta * (z - self.mean)
+
+    def covariance(self) -> Tensor:
+        """Stan's regularised estimate: shrunk toward ``1e-3`` times the identity."""
+        n = self.n
+        cov = self.m2 / max(n - 1, 1)
+        shrinkage = 1e-3 * (5.0 / (n + 5.0))
+        if self.dense:
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            cov = (n / (n + 5.0)) * 0.5 * (cov + cov.mT) + shrinkage * eye
+        else:
+            cov = (n / (n + 5.0)) * cov + shrinkage
+        return cov
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Stan's warmup windows: iterations ``[start, end)`` feed the (co)variance estimate,
+    which is renewed after each iteration in ``window_ends``."""
+
+    start: int
+    end: int
+    window_ends: frozenset[int]
+
+
+def build_schedule(
+    warmup: int, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25
+) -> Schedule:
+    """Stan's schedule: a fast initial buffer, slow windows doubling in length, a fast final
+    buffer; 15% / 75% / 10% of warmup when it is too short for those; no metric adaptation
+    under 20 iterations."""
+    if warmup < 20:
+        return Schedule(0, 0, frozenset())
+    if init_buffer + base_window + term_buffer > warmup:
+        init_buffer = int(0.15 * warmup)
+        term_buffer = int(0.1 * warmup)
+        base_window = warmup - init_buffer - term_buffer
+    end = warmup - term_buffer
+    ends = []
+    start, size = init_buffer, base_window
+    while start < end:
+        # The last slow window absorbs what would be too short for a window of its own.
+        if start + 3 * size > end:
+            size = end - start
+        ends.append(start + size - 1)
+        start, size = start + size, 2 * size
+    return Schedule(init_buffer, end, frozenset(ends))
+
+
+class WindowAdaptation:
+    """Step size by dual averaging and a (co)variance estimate over Stan's windows.
+
+    The sampler reads ``value`` (its step size or proposal scale, per chain) and, after each
+    window, receives a new covariance through ``on_covariance``.
+    """
+
+    def __init__(
+        self,
+        warmup: int,
+        chains: int,
+        dim: int,
+        target_accept: float,
+        dense: bool,
+        dtype,
+        device,
+        adapt_covariance: bool = True,
+        mu_factor: float = 10.0,
+    ):
+        self.warmup = warmup
+        self.schedule = build_schedule(warmup) if adapt_covariance else Schedule(0, 0, frozenset())
+        self.dual_averaging = DualAveraging(target_accept)
+        self.mu_factor = mu_factor
+        self.welford = Welford(chains, dim, dense, dtype, device)
+        self.dims = (chains, dim, dense, dtype, device)
+
+    def restart(self, value: Tensor) -> None:
+        self.dual_averaging.restart(value, (self.mu_factor * value).log())
+
+    def update(self, i: int, z: Tensor, statistic: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Feed iteration ``i``; returns the next value, and a new covariance when a window
+        has just closed (else None)."""
+        value = self.dual_averaging.update(statistic)
+        if i == self.warmup - 1:
+            value = self.dual_averaging.final()
+        covariance = None
+        if self.schedule.start <= i < self.schedule.end:
+            self.welford.update(z)
+            if i in self.schedule.window_ends:
+                covariance = self.welford.covariance()
+                self.welford = Welford(*self.dims)
+        return value, covariance

@@ -1,0 +1,108 @@
+"""Hamiltonian Monte Carlo with a jittered trajectory length."""
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import HamiltonianSampler, Info, State, Target, clean_logdensity
+from .integrators import leapfrog
+
+
+def hmc_step(
+    generator: torch.Generator,
+    state: State,
+    target: Target,
+    step_size: Tensor,
+    metric,
+    trajectory_length: float = 2.0,
+    max_steps: int = 1024,
+    max_delta_energy: float = 1000.0,
+) -> tuple[State, Info]:
+    """One HMC transition for every chain. Each chain integrates for a time drawn uniformly
+    from ``[0.5, 1.5] * trajectory_length`` (jitter avoids periodic trajectories), so the
+    number of leapfrog steps differs between chains; a chain that has done its steps waits,
+    masked, for the others."""
+    z0, lp0, grad0 = state
+    chains = z0.shape[0]
+    r0 = metric.sample_momentum(generator, z0)
+    h0 = metric.kinetic_energy(r0) - lp0
+    uniforms = torch.rand(2, chains, generator=generator, dtype=z0.dtype, device=z0.device)
+    n_steps = torch.ceil((0.5 + uniforms[0]) * trajectory_length / step_size)
+    n_steps = n_steps.clamp(1, max_steps).to(torch.int64)
+    fewest, most = (int(v) for v in torch.aminmax(n_steps))
+
+    eps = step_size.unsqueeze(-1)
+    z, r, lp, grad = z0, r0, lp0, grad0
+    for k in range(most):
+        z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, target.logdensity_and_grad)
+        if k < fewest:
+            z, r, lp, grad = z1, r1, lp1, g1
+        else:
+            moving = k < n_steps
+            moving_col = moving.unsqueeze(-1)
+            z = torch.where(moving_col, z1, z)
+            r = torch.where(moving_col, r1, r)
+            grad = torch.where(moving_col, g1, grad)
+            lp = torch.where(moving, lp1, lp)
+
+    lp = clean_logdensity(lp)
+    h = metric.kinetic_energy(r) - lp
+    delta = (h - h0).nan_to_num(math.inf)
+    acceptance_rate = torch.exp(-delta).clamp(max=1.0)
+    accept = uniforms[1] < acceptance_rate
+    accept_col = accept.unsqueeze(-1)
+    new_state = State(
+        torch.where(accept_col, z, z0),
+        torch.where(accept, lp, lp0),
+        torch.where(accept_col, grad, grad0),
+    )
+    info = Info(
+        acceptance_rate=acceptance_rate,
+        diverging=delta > max_delta_energy,
+        energy=torch.where(accept, h, h0),
+        n_steps=n_steps,
+    )
+    return new_state, info
+
+
+class HMC(HamiltonianSampler):
+    """Static HMC with a jittered trajectory length and Stan's windowed warmup.
+
+    Options: ``trajectory_length`` (2.0, in the units of the adapted metric, where the
+    posterior has roughly unit scale), ``max_steps`` (1024 leapfrog steps per iteration),
+    and those of NUTS: ``step_size``, ``target_accept``, ``dense_mass``,
+    ``inverse_mass_matrix``.
+    """
+
+    name = "hmc"
+    stat_names = ("acceptance_rate", "diverging", "n_steps", "energy")
+
+    def __init__(
+        self,
+        step_size: float = 1.0,
+        target_accept: float = 0.8,
+        dense_mass: bool = False,
+        inverse_mass_matrix=None,
+        trajectory_length: float = 2.0,
+        max_steps: int = 1024,
+    ):
+        super().__init__(step_size, target_accept, dense_mass, inverse_mass_matrix)
+        if not trajectory_length > 0:
+            raise ValueError(f"trajectory_length must be positive, got {trajectory_length}")
+        if not (isinstance(max_steps, int) and max_steps >= 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        self.trajectory_length = float(trajectory_length)
+        self.max_steps = max_steps
+
+    def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
+        return hmc_step(
+            generator,
+            state,
+            self.target,
+            self.step_size,
+            self.metric,
+            self.trajectory_length,
+            self.max_steps,
+            self.max_delta_energy,
+        )

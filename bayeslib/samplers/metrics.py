@@ -1,0 +1,71 @@
+"""Euclidean metrics: the kinetic energy of HMC and NUTS, batched over chains.
+
+A metric holds one inverse mass matrix per chain: ``[chains, dim]`` (diagonal) or
+``[chains, dim, dim]`` (dense). Momentum ``r ~ N(0, M)``, velocity ``M^-1 r``,
+kinetic energy ``r . M^-1 r / 2``.
+"""
+
+import torch
+from torch import Tensor
+
+
+class DiagonalMetric:
+    def __init__(self, inverse_mass_matrix: Tensor):
+        self.inverse_mass_matrix = inverse_mass_matrix
+        self._momentum_scale = inverse_mass_matrix.rsqrt()
+
+    def sample_momentum(self, generator: torch.Generator, like: Tensor) -> Tensor:
+        noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return noise * self._momentum_scale
+
+    def velocity(self, r: Tensor) -> Tensor:
+        return self.inverse_mass_matrix * r
+
+    def kinetic_energy(self, r: Tensor) -> Tensor:
+        return 0.5 * (r * r * self.inverse_mass_matrix).sum(-1)
+
+    def is_turning(self, r_left: Tensor, r_right: Tensor, r_sum: Tensor) -> Tensor:
+        return is_turning(self.velocity(r_left), self.velocity(r_right), r_left, r_right, r_sum)
+
+
+class DenseMetric:
+    def __init__(self, inverse_mass_matrix: Tensor):
+        self.inverse_mass_matrix = inverse_mass_matrix
+        # With M^-1 = L L^T, r = L^-T xi has covariance M.
+        chol = torch.linalg.cholesky(inverse_mass_matrix)
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+        self._momentum_transform = torch.linalg.solve_triangular(
+            chol.mT, eye.expand_as(chol), upper=True
+        )
+
+    def sample_momentum(self, generator: torch.Generator, like: Tensor) -> Tensor:
+        noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return (self._momentum_transform @ noise.unsqueeze(-1)).squeeze(-1)
+
+    def velocity(self, r: Tensor) -> Tensor:
+        return (self.inverse_mass_matrix @ r.unsqueeze(-1)).squeeze(-1)
+
+    def kinetic_energy(self, r: Tensor) -> Tensor:
+        return 0.5 * (r * self.velocity(r)).sum(-1)
+
+    def is_turning(self, r_left: Tensor, r_right: Tensor, r_sum: Tensor) -> Tensor:
+        return is_turning(self.velocity(r_left), self.velocity(r_right), r_left, r_right, r_sum)
+
+
+def is_turning(
+    v_left: Tensor, v_right: Tensor, r_left: Tensor, r_right: Tensor, r_sum: Tensor
+) -> Tensor:
+    """Generalised no-U-turn criterion (Betancourt 2017, A.4.2), over the last axis.
+
+    ``r_sum`` is the sum of momenta over the sub-trajectory, both ends included; half of
+    each end is removed, as in NumPyro and BlackJAX.
+    """
+    rho = r_sum - 0.5 * (r_left + r_right)
+    return ((v_left * rho).sum(-1) <= 0) | ((v_right * rho).sum(-1) <= 0)
+
+
+def make_metric(inverse_mass_matrix: Tensor):
+    """A diagonal metric for ``[..., dim]``, a dense one for ``[..., dim, dim]``."""
+    if inverse_mass_matrix.dim() >= 3:
+        return DenseMetric(inverse_mass_matrix)
+    return DiagonalMetric(inverse_mass_matrix)
