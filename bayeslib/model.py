@@ -143,7 +143,8 @@ class ModelMeta(type):
 
     def __call__(cls, *args, **kwargs):
         model = super().__call__(*args, **kwargs)
-        model._init_args = inspect.signature(cls).bind(*args, **kwargs).arguments
+        bound = inspect.signature(cls.__init__).bind(model, *args, **kwargs)
+        model._init_args = dict(list(bound.arguments.items())[1:])
         model._build(torch.float64, torch.device("cpu"))
         return model
 
@@ -189,6 +190,7 @@ class _Slot:
     prior_fn: object  # callable prior, evaluated per call
     support_fn: object  # callable support of a flat prior
     transform: Transform | None  # static bijection; None when it depends on other parameters
+    support: constraints.Constraint | None  # static support; None when it depends on others
 
 
 @contextlib.contextmanager
@@ -201,6 +203,32 @@ def _validation(enabled):
         Distribution.set_default_validate_args(previous)
 
 
+def _broadcasts_to(shape, target):
+    try:
+        return torch.broadcast_shapes(shape, target) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def _fixed_support(dist):
+    """Whether a distribution's support is the same for all parameter values (so the data can
+    be checked against it once): real, positive, integers, 0/1, simplex, and the like."""
+    support = dist.support
+    integers = support.is_discrete and not hasattr(support, "upper_bound")
+    return integers or any(support is fixed for fixed in _FIXED_SUPPORTS)
+
+
+_FIXED_SUPPORTS = (
+    constraints.real,
+    constraints.positive,
+    constraints.nonnegative,
+    constraints.unit_interval,
+    constraints.simplex,
+    constraints.real_vector,
+    constraints.positive_definite,
+)
+
+
 def _sum_to(values, batch_shape):
     """Sum a log-prob tensor over everything but the leading batch dimensions."""
     return values.reshape(batch_shape + (-1,)).sum(-1)
@@ -208,7 +236,11 @@ def _sum_to(values, batch_shape):
 
 def _cast_distribution(dist, dtype, device):
     """Rebuild a distribution from its tensor arguments on dtype/device, when it allows it."""
-    args = {k: v for k, v in vars(dist).items() if k in dist.arg_constraints}
+    args = {
+        k: getattr(dist, k)
+        for k in dist.arg_constraints
+        if k in vars(dist) or isinstance(inspect.getattr_static(type(dist), k, None), property)
+    }
     if not args:
         return dist
     cast = {
@@ -293,7 +325,7 @@ class Model(metaclass=ModelMeta):
             setattr(self, field, value)
         self._slots, start = [], 0
         p = Draw(self)
-        with _validation(True):
+        with _validation(False):
             for name, param in self._params.items():
                 slot = self._build_slot(name, param, p, start)
                 start = slot.stop
@@ -321,7 +353,7 @@ class Model(metaclass=ModelMeta):
         if prior is not None:
             prior_shape = prior.batch_shape + prior.event_shape
             shape = tuple(prior_shape) if shape is None else tuple(shape)
-            if torch.broadcast_shapes(prior_shape, shape) != shape:
+            if not _broadcasts_to(prior_shape, shape):
                 raise ModelError(
                     f"{where}: the prior has shape {tuple(prior_shape)}, which does not fit the "
                     f"declared shape {shape}; make them agree."
@@ -357,6 +389,7 @@ class Model(metaclass=ModelMeta):
             prior_fn,
             support_fn,
             transform if static else None,
+            support if static else None,
         )
 
     def _call_user(self, fn, p, name, what):
@@ -394,19 +427,17 @@ class Model(metaclass=ModelMeta):
                     f"{list(self.data)}. Pass it to super().__init__ or rename the key."
                 )
             value, dist_shape = self.data[field], dist.batch_shape + dist.event_shape
-            if torch.broadcast_shapes(dist_shape, value.shape) != value.shape:
+            if not _broadcasts_to(dist_shape, value.shape):
                 raise ModelError(
                     f"{where}: the distribution has shape {tuple(dist_shape)} but the data has "
                     f"shape {tuple(value.shape)}; broadcasting would change the data's shape. "
                     "Index the parameters so the shapes agree."
                 )
-            try:
-                dist.log_prob(value)
-            except ValueError as error:
+            if _fixed_support(dist) and not dist.support.check(value).all():
                 raise ModelError(
                     f"{where}: the data is outside the support of {type(dist).__name__} "
-                    f"({dist.support}); check the data or the distribution. ({error})"
-                ) from None
+                    f"({dist.support}); check the data or the distribution."
+                )
         self.observed = [f for f in observed if f in self.data]
 
     def _check_batch(self):
@@ -474,16 +505,18 @@ class Model(metaclass=ModelMeta):
         return {s.name: p.__dict__[s.name] for s in self._slots}
 
     def _unconstrain_one(self, values):
-        p, parts = Draw(self), []
+        """-> (z, whether each parameter's values lie in its support)."""
+        p, parts, inside = Draw(self), [], []
         for s in self._slots:
             x = values[s.name]
-            prior = s.prior if s.prior_fn is None else s.prior_fn(p)
-            transform = s.transform
-            if transform is None:
-                transform = biject_to(s.support_fn(p) if s.support_fn else prior.support)
+            support = s.support
+            if support is None:
+                support = s.support_fn(p) if s.support_fn else s.prior_fn(p).support
             p.__dict__[s.name] = x
-            parts.append(transform.inv(x).reshape(x.shape[: x.ndim - len(s.shape)] + (-1,)))
-        return torch.cat(parts, dim=-1)
+            batch_shape = x.shape[: x.ndim - len(s.shape)]
+            parts.append(biject_to(support).inv(x).reshape(batch_shape + (-1,)))
+            inside.append(support.check(x).reshape(batch_shape + (-1,)).all(-1))
+        return torch.cat(parts, dim=-1), torch.stack(inside, dim=-1)
 
     def _batched(self, key, fn):
         """fn itself for a batched model, else fn vmapped over the leading chain dimension."""
@@ -533,11 +566,12 @@ class Model(metaclass=ModelMeta):
             chain = int(bad.nonzero()[0])
             terms = self.logdensity_terms(z[chain : chain + 1], jacobian)
             culprits = [k for k, v in terms.items() if torch.isnan(v[0]) or v[0] == float("inf")]
+            values = {k: v[0].tolist() for k, v in self.constrain(z[chain : chain + 1]).items()}
+            kind = "NaN" if torch.isnan(lp[chain]) else "+inf"
             raise ModelError(
-                f"Model '{self.name}': the log density is {float(lp[chain])} at chain {chain}; "
-                f"the terms {culprits} are NaN or +inf there "
-                f"(at {self.constrain(z[chain : chain + 1])}). "
-                "Check those priors or likelihoods, or start elsewhere."
+                f"Model '{self.name}': the log density is {kind} at chain {chain}; the terms "
+                f"{culprits} are NaN or +inf there (at {values}). Check those priors or "
+                "likelihoods, or start elsewhere."
             )
         return lp
 
@@ -556,9 +590,9 @@ class Model(metaclass=ModelMeta):
             for name in self._params
         }
         with _validation(False):
-            z = self._batched("unconstrain", self._unconstrain_one)(values)
-        for s in self._slots:
-            if not torch.isfinite(z[..., s.start : s.stop]).all():
+            z, inside = self._batched("unconstrain", self._unconstrain_one)(values)
+        for i, s in enumerate(self._slots):
+            if not (inside[..., i].all() and torch.isfinite(z[..., s.start : s.stop]).all()):
                 raise ModelError(
                     f"Model '{self.name}': values given for '{s.name}' lie outside its support; "
                     "give values inside it."
@@ -623,8 +657,7 @@ class Model(metaclass=ModelMeta):
                             "cannot be drawn from; give it a proper prior, or start from "
                             "init='uniform'."
                         )
-                    event = len(prior.event_shape)
-                    x = prior.expand(s.shape[: len(s.shape) - event]).sample()
+                    x = _draw(prior, s.shape)
                     p.__dict__[s.name] = x
                     out[s.name].append(x)
         return {name: torch.stack(values) for name, values in out.items()}
@@ -642,7 +675,8 @@ class Model(metaclass=ModelMeta):
                         params[s.name][i], dtype=self.dtype, device=self.device
                     )
                 for field, dist in self.observe(p).items():
-                    out.setdefault(field, []).append(dist.sample())
+                    shape = self.data[field].shape if field in self.data else dist.batch_shape
+                    out.setdefault(field, []).append(_draw(dist, tuple(shape)))
         return {field: torch.stack(values) for field, values in out.items()}
 
     def replace(self, **data):
@@ -675,6 +709,15 @@ class Model(metaclass=ModelMeta):
 
 
 _NUMERIC = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _draw(prior, shape):
+    """One draw of shape `shape` from a prior whose own shape broadcasts to it."""
+    own = tuple(prior.batch_shape + prior.event_shape)
+    extra = shape[: len(shape) - len(own)]
+    if shape[len(extra) :] == own:
+        return prior.sample(extra)
+    return prior.expand(shape[: len(shape) - len(prior.event_shape)]).sample()
 
 
 @contextlib.contextmanager
