@@ -104,8 +104,9 @@ def _adam(objective, z, max_iter, lr, gtol):
         optimizer.zero_grad()
         loss = objective()
         loss.backward()
-        if z.grad.abs().max() <= gtol * max(1.0, abs(float(loss))):
+        loss = loss.item()
+        if z.grad.abs().max() <= gtol * max(1.0, abs(loss)):
             return iteration
         optimizer.step()
-        schedule.step(float(loss))
+        schedule.step(loss)
     return max_iter

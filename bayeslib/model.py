@@ -144,6 +144,7 @@ class ModelMeta(type):
     def __call__(cls, *args, **kwargs):
         model = super().__call__(*args, **kwargs)
         bound = inspect.signature(cls.__init__).bind(model, *args, **kwargs)
+        bound.apply_defaults()
         model._init_args = dict(list(bound.arguments.items())[1:])
         model._build(torch.float64, torch.device("cpu"))
         return model
@@ -260,15 +261,16 @@ class Model(metaclass=ModelMeta):
     batched = False
 
     def __init__(self, **data):
-        self.data = {}
+        self.data, self.unobserved = {}, []
         for field, value in data.items():
             if field in self._params:
                 raise ModelError(
                     f"Model '{self.name}': data field '{field}' has the name of a parameter; "
                     "rename one of them."
                 )
-            if value is None:
-                continue  # unobserved: the model can simulate it but does not condition on it
+            if value is None:  # the model can simulate it but does not condition on it
+                self.unobserved.append(field)
+                continue
             self.data[field] = self._as_data(field, value)
             setattr(self, field, self.data[field])
 
@@ -420,8 +422,8 @@ class Model(metaclass=ModelMeta):
             if not isinstance(dist, Distribution):
                 raise ModelError(f"{where} is {type(dist).__name__}, not a torch Distribution.")
             if field not in self.data:
-                if field in self._init_args:
-                    continue  # passed as None: simulated, not conditioned on
+                if field in self.unobserved:
+                    continue
                 raise ModelError(
                     f"{where}: '{field}' is not a data field of the model; data fields: "
                     f"{list(self.data)}. Pass it to super().__init__ or rename the key."

@@ -136,17 +136,20 @@ class Posterior:
         def numpy(values):
             return {name: value.numpy() for name, value in (values or {}).items()}
 
-        return az.from_dict(
+        idata = az.from_dict(
             posterior=numpy(self.draws),
             sample_stats=numpy(self.stats) or None,
             warmup_posterior=numpy(self.warmup) or None,
             warmup_sample_stats=numpy(self.warmup_stats) or None,
             save_warmup=self.warmup is not None,
-            attrs={
-                k: v if isinstance(v, str | int | float) else json.dumps(v)
-                for k, v in self.attrs.items()
-            },
         )
+        attrs = {
+            k: v if isinstance(v, str | int | float) else json.dumps(v)
+            for k, v in self.attrs.items()
+        }
+        for group in idata.groups():
+            idata[group].attrs.update(attrs)
+        return idata
 
 
 def _as_tensors(values, what):
