@@ -546,6 +546,18 @@ class Model(metaclass=ModelMeta):
             (grad,) = torch.autograd.grad(lp.sum(), z)
         return lp.detach(), grad
 
+    def _log_likelihood_one(self, z):
+        p = Draw(self)
+        self._walk(z, p, jacobian=False)
+        observed = self.observe(p)
+        return {field: observed[field].log_prob(self.data[field]) for field in self.observed}
+
+    def log_likelihood(self, z):
+        """Pointwise log-likelihood at `z: [chains, dim]`: {field: `[chains, *data_shape]`}
+        (without the distribution's event dimensions), for LOO and WAIC."""
+        with _validation(False):
+            return self._batched("log_likelihood", self._log_likelihood_one)(z)
+
     def logdensity_terms(self, z, jacobian=True):
         """Each term of the log density at `z: [chains, dim]`: {'prior of mu': [chains], ...}.
 

@@ -551,3 +551,13 @@ def test_bad_init():
         model.init_z(2, {"mu": [0.0, 1.0, 2.0]})
     with pytest.raises(bl.ModelError, match=r"flat \(improper\) prior"):
         Garch().init_z(2, "prior")
+
+
+def test_pointwise_log_likelihood_sums_to_the_likelihood():
+    model, _ = Best.simulate(n1=5, n2=7)
+    z = random_z(model, chains=3)
+    pointwise = model.log_likelihood(z)
+    assert pointwise["y1"].shape == (3, 5) and pointwise["y2"].shape == (3, 7)
+    terms = model.logdensity_terms(z)
+    for field in ("y1", "y2"):
+        torch.testing.assert_close(pointwise[field].sum(-1), terms[f"likelihood of {field}"])
