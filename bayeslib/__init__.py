@@ -4,6 +4,7 @@ from . import constraints
 from .inference import MapResult, find_map
 from .model import Draw, Model, ModelError, Param
 from .posterior import Posterior
+from .sampling import sample
 
 __all__ = [
     "Draw",
@@ -14,5 +15,6 @@ __all__ = [
     "Posterior",
     "constraints",
     "find_map",
+    "sample",
 ]
 __version__ = "0.1.0"
