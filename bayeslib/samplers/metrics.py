@@ -22,10 +22,7 @@ class DiagonalMetric:
         return self.inverse_mass_matrix * r
 
     def kinetic_energy(self, r: Tensor) -> Tensor:
-        return 0.5 * (r * r * self.inverse_mass_matrix).sum(-1)
-
-    def is_turning(self, r_left: Tensor, r_right: Tensor, r_sum: Tensor) -> Tensor:
-        return is_turning(self.velocity(r_left), self.velocity(r_right), r_left, r_right, r_sum)
+        return 0.5 * torch.linalg.vecdot(r, self.velocity(r))
 
 
 class DenseMetric:
@@ -46,10 +43,7 @@ class DenseMetric:
         return (self.inverse_mass_matrix @ r.unsqueeze(-1)).squeeze(-1)
 
     def kinetic_energy(self, r: Tensor) -> Tensor:
-        return 0.5 * (r * self.velocity(r)).sum(-1)
-
-    def is_turning(self, r_left: Tensor, r_right: Tensor, r_sum: Tensor) -> Tensor:
-        return is_turning(self.velocity(r_left), self.velocity(r_right), r_left, r_right, r_sum)
+        return 0.5 * torch.linalg.vecdot(r, self.velocity(r))
 
 
 def is_turning(
@@ -61,7 +55,7 @@ def is_turning(
     each end is removed, as in NumPyro and BlackJAX.
     """
     rho = r_sum - 0.5 * (r_left + r_right)
-    return ((v_left * rho).sum(-1) <= 0) | ((v_right * rho).sum(-1) <= 0)
+    return torch.minimum(torch.linalg.vecdot(v_left, rho), torch.linalg.vecdot(v_right, rho)) <= 0
 
 
 def make_metric(inverse_mass_matrix: Tensor):

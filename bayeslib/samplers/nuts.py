@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import HamiltonianSampler, Info, State, Target, clean_logdensity
-from .integrators import leapfrog
+from .base import HamiltonianSampler, Info, State, Target
+from .metrics import is_turning
 
 
 def checkpoint_indices(leaf: int) -> tuple[int, int]:
@@ -37,11 +37,16 @@ def nuts_step(
     max_tree_depth: int = 10,
     max_delta_energy: float = 1000.0,
 ) -> tuple[State, Info]:
-    """One NUTS transition for every chain; ``step_size`` is ``[chains]``."""
+    """One NUTS transition for every chain; ``step_size`` is ``[chains]``.
+
+    A leaf's log weight is ``H0 - H`` (NaN counts as -inf); the leaf diverges when it is
+    below ``-max_delta_energy``.
+    """
     z0, lp0, grad0 = state
     chains, dim = z0.shape
     dtype, device = z0.dtype, z0.device
     logdensity_and_grad = target.logdensity_and_grad
+    inf = math.inf
 
     r0 = metric.sample_momentum(generator, z0)
     h0 = metric.kinetic_energy(r0) - lp0
@@ -50,13 +55,20 @@ def nuts_step(
         2, max_tree_depth, chains, generator=generator, dtype=dtype, device=device
     )
     go_right = uniforms[0] < 0.5
+    log_u_tree = uniforms[1].log()
+    # Checkpoints of momentum, velocity and momentum sum at even leaves of a sub-tree.
     r_ckpts = z0.new_empty(max_tree_depth, chains, dim)
+    v_ckpts = z0.new_empty(max_tree_depth, chains, dim)
     r_sum_ckpts = z0.new_empty(max_tree_depth, chains, dim)
+    # Per leaf of the current sub-tree: its log weight, and whether its chain was active.
+    leaf_log_weights = z0.new_empty(2 ** (max_tree_depth - 1), chains)
+    leaf_active = torch.empty(2 ** (max_tree_depth - 1), chains, dtype=torch.bool, device=device)
 
     z_left = z_right = z0
     r_left = r_right = r0
     g_left = g_right = grad0
-    z_prop, lp_prop, g_prop, h_prop = z0, lp0, grad0, h0
+    z_prop, lp_prop, g_prop = z0, lp0, grad0
+    prop_log_weight = torch.zeros_like(lp0)
     log_weight = torch.zeros_like(lp0)
     r_sum = r0
     active = torch.ones(chains, dtype=torch.bool, device=device)
@@ -69,90 +81,100 @@ def nuts_step(
         right = go_right[d]
         right_col = right.unsqueeze(-1)
         eps = torch.where(right, step_size, -step_size).unsqueeze(-1)
+        half_eps = 0.5 * eps
         z = torch.where(right_col, z_right, z_left)
         r = torch.where(right_col, r_right, r_left)
         grad = torch.where(right_col, g_right, g_left)
 
-        # The new sub-tree of 2**d leaves, sampled uniformly by weight (multinomial).
-        leaf_uniforms = torch.rand(2**d, chains, generator=generator, dtype=dtype, device=device)
-        sub_log_weight = torch.full_like(lp0, -math.inf)
-        sub_z, sub_lp, sub_g, sub_h = z, lp0, grad, h0
+        # The new sub-tree of 2**d leaves, its proposal drawn in proportion to the weights.
+        n_leaves = 2**d
+        sub_log_weight = torch.full_like(lp0, -inf)
+        sub_z, sub_lp, sub_g, sub_prop_log_weight = z, lp0, grad, prop_log_weight
         sub_r_sum = torch.zeros_like(r0)
         sub_active = active
-        sub_stopped = torch.zeros_like(active)
-        sub_diverging = torch.zeros_like(active)
-        for n in range(2**d):
-            z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
-            lp1 = clean_logdensity(lp1)
-            h1 = metric.kinetic_energy(r1) - lp1
-            delta = (h1 - h0).nan_to_num(math.inf)
-            leaf_diverging = delta > max_delta_energy
-            sum_accept += torch.where(sub_active, torch.exp(-delta).clamp(max=1.0), 0.0)
-            n_steps += sub_active
+        for n in range(n_leaves):
+            r1 = torch.addcmul(r, half_eps, grad)
+            z1 = torch.addcmul(z, eps, metric.velocity(r1))
+            lp1, g1 = logdensity_and_grad(z1)
+            r1 = torch.addcmul(r1, half_eps, g1)
+            v1 = metric.velocity(r1)
+            leaf_log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
+            leaf_log_weight = leaf_log_weight.nan_to_num(-inf, posinf=-inf)
+            leaf_log_weights[n] = leaf_log_weight
+            leaf_active[n] = sub_active
 
-            new_log_weight = torch.logaddexp(sub_log_weight, -delta)
-            take = sub_active & (leaf_uniforms[n] < torch.exp(-delta - new_log_weight))
+            new_log_weight = torch.logaddexp(sub_log_weight, leaf_log_weight)
+            # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
+            neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
+            take = sub_active & (neg_log_u > new_log_weight - leaf_log_weight)
             take_col = take.unsqueeze(-1)
             sub_z = torch.where(take_col, z1, sub_z)
             sub_g = torch.where(take_col, g1, sub_g)
             sub_lp = torch.where(take, lp1, sub_lp)
-            sub_h = torch.where(take, h1, sub_h)
-            sub_log_weight = torch.where(sub_active, new_log_weight, sub_log_weight)
+            sub_prop_log_weight = torch.where(take, leaf_log_weight, sub_prop_log_weight)
+            sub_log_weight = new_log_weight
             sub_r_sum = sub_r_sum + r1
 
+            stop = leaf_log_weight < -max_delta_energy
             idx_min, idx_max = checkpoint_indices(n)
             if n % 2 == 0:
                 r_ckpts[idx_max] = r1
+                v_ckpts[idx_max] = v1
                 r_sum_ckpts[idx_max] = sub_r_sum
-                turning = None
             else:
                 r_start = r_ckpts[idx_min : idx_max + 1]
                 span_sum = sub_r_sum - r_sum_ckpts[idx_min : idx_max + 1] + r_start
-                turning = metric.is_turning(r_start, r1, span_sum).any(0)
-
-            stop = leaf_diverging if turning is None else leaf_diverging | turning
-            sub_diverging |= sub_active & leaf_diverging
-            sub_stopped |= sub_active & stop
+                turning = is_turning(v_ckpts[idx_min : idx_max + 1], v1, r_start, r1, span_sum)
+                stop = stop | turning.any(0)
             sub_active = sub_active & ~stop
             active_col = sub_active.unsqueeze(-1)
             z = torch.where(active_col, z1, z)
             r = torch.where(active_col, r1, r)
             grad = torch.where(active_col, g1, grad)
-            if n + 1 < 2**d and not bool(sub_active.any()):
+            if n + 1 < n_leaves and not bool(sub_active.any()):
                 break
 
+        built = n + 1
+        was_active = leaf_active[:built]
+        built_log_weights = leaf_log_weights[:built]
+        # Clamped below so that exp stays off the slow path of subnormal results; a leaf
+        # that far out adds under 1e-17 to the statistic.
+        sum_accept += (built_log_weights.clamp(-40.0, 0.0).exp() * was_active).sum(0)
+        n_steps += was_active.sum(0)
+        diverging |= ((built_log_weights < -max_delta_energy) & was_active).any(0)
+        # A chain's sub-tree is complete when it was active to its last leaf.
+        complete = sub_active
+
         # Join the sub-tree to the tree: move the proposal into it with probability
-        # min(1, w_sub / w_tree) unless it turned or diverged (biased progressive sampling).
-        accept = active & ~sub_stopped
-        accept &= uniforms[1, d] < torch.exp(sub_log_weight - log_weight)
+        # min(1, w_sub / w_tree), unless it turned or diverged (biased progressive sampling).
+        accept = complete & (log_u_tree[d] < sub_log_weight - log_weight)
         accept_col = accept.unsqueeze(-1)
         z_prop = torch.where(accept_col, sub_z, z_prop)
         g_prop = torch.where(accept_col, sub_g, g_prop)
         lp_prop = torch.where(accept, sub_lp, lp_prop)
-        h_prop = torch.where(accept, sub_h, h_prop)
+        prop_log_weight = torch.where(accept, sub_prop_log_weight, prop_log_weight)
 
-        log_weight = torch.where(active, torch.logaddexp(log_weight, sub_log_weight), log_weight)
-        r_sum = torch.where(active.unsqueeze(-1), r_sum + sub_r_sum, r_sum)
-        grow_right = (active & right).unsqueeze(-1)
-        grow_left = (active & ~right).unsqueeze(-1)
+        depth += active
+        log_weight = torch.logaddexp(log_weight, sub_log_weight)
+        r_sum = r_sum + sub_r_sum
+        grow_right = (complete & right).unsqueeze(-1)
+        grow_left = (complete & ~right).unsqueeze(-1)
         z_right = torch.where(grow_right, z, z_right)
         r_right = torch.where(grow_right, r, r_right)
         g_right = torch.where(grow_right, grad, g_right)
         z_left = torch.where(grow_left, z, z_left)
         r_left = torch.where(grow_left, r, r_left)
         g_left = torch.where(grow_left, grad, g_left)
-
-        depth += active
-        diverging |= active & sub_diverging
-        turning = metric.is_turning(r_left, r_right, r_sum)
-        active = active & ~sub_stopped & ~turning
+        active = complete & ~is_turning(
+            metric.velocity(r_left), metric.velocity(r_right), r_left, r_right, r_sum
+        )
         if not bool(active.any()):
             break
 
     info = Info(
         acceptance_rate=sum_accept / n_steps,
         diverging=diverging,
-        energy=h_prop,
+        energy=h0 - prop_log_weight,
         n_steps=n_steps,
         tree_depth=depth,
     )
