@@ -4,14 +4,53 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import diagnostics
 from .diagnostics import flat_names
 
 FORMAT = "bayeslib.posterior/1"
+
+# What `Posterior.warnings` flags, after Vehtari et al. (2021) and Betancourt (2016).
+MAX_R_HAT = 1.01
+MIN_ESS_PER_CHAIN = 100
+MIN_E_BFMI = 0.3
+# NUTS's max_tree_depth when a run's attrs do not record it (the sampler's default).
+DEFAULT_MAX_TREE_DEPTH = 10
+# Draws unconstrained and evaluated at once by `Posterior.log_likelihood`.
+CHUNK_SIZE = 4096
+
+
+class Probability(NamedTuple):
+    """A posterior probability estimated from draws, with its Monte Carlo standard error (the
+    MCSE of the mean of the 0/1 indicator draws, from their effective sample size)."""
+
+    value: float | np.ndarray
+    mcse: float | np.ndarray
+
+
+class DrawsView:
+    """What a function given to `derive`, `prob` or `interval` sees as `p`: each parameter's
+    draws `[chains, draws, *shape]` by attribute (`p.mu[..., 1]`)."""
+
+    def __init__(self, draws):
+        self.__dict__["_draws"] = draws
+
+    def __getattr__(self, name):
+        draws = self.__dict__["_draws"]
+        try:
+            return draws[name]
+        except KeyError:
+            raise AttributeError(
+                f"no parameter '{name}'; the posterior has {list(draws)}"
+            ) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("p is read-only; return the derived quantity instead")
 
 
 class Posterior:
@@ -74,6 +113,160 @@ class Posterior:
     def __repr__(self):
         return f"Posterior(chains={self.chains}, draws={self.num_draws}, {_shapes(self.draws)})"
 
+    # ----- summaries, derived quantities, probabilities, intervals
+
+    def summary(self, prob=0.95):
+        """One row per flat parameter name (`mu[0]`): mean, sd, median, `prob` equal-tailed
+        (eti_low, eti_high) and highest-density (hdi_low, hdi_high) intervals, mcse_mean,
+        mcse_sd, ess_bulk, ess_tail, r_hat. Sampler statistics: `sampler_summary()`."""
+        return diagnostics.summary(self.draws, prob)
+
+    def sampler_summary(self):
+        """What the sampler reports over all draws: divergences, mean acceptance rate, mean
+        step size, draws at the maximum tree depth and E-BFMI per chain, where recorded."""
+        out = {"sampler": self.attrs.get("sampler"), "chains": self.chains, "draws": self.num_draws}
+        if "diverging" in self.stats:
+            out["divergences"] = int(self.stats["diverging"].sum())
+        if "acceptance_rate" in self.stats:
+            out["acceptance_rate"] = float(self.stats["acceptance_rate"].mean())
+        if "step_size" in self.stats:
+            out["step_size"] = float(self.stats["step_size"].mean())
+        if "tree_depth" in self.stats:
+            out["max_tree_depth"] = self.max_tree_depth
+            out["max_tree_depth_hits"] = int(
+                (self.stats["tree_depth"] >= self.max_tree_depth).sum()
+            )
+        if "energy" in self.stats:
+            out["e_bfmi"] = self.e_bfmi().tolist()
+        return out
+
+    @property
+    def max_tree_depth(self):
+        return int(self.attrs.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH))
+
+    def e_bfmi(self):
+        """Energy Bayesian fraction of missing information per chain (Betancourt 2016), as
+        ArviZ computes it: mean squared energy transition over the energy's variance. Values
+        below 0.3 say the momentum resampling explores the energy distribution poorly."""
+        if "energy" not in self.stats:
+            raise ValueError("E-BFMI needs the 'energy' statistic, which HMC and NUTS record.")
+        energy = self.stats["energy"].numpy()
+        return np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1)
+
+    def warnings(self, prob=0.95):
+        """What a user must not ignore, one message each: R-hat above 1.01, bulk ESS below 100
+        per chain, any divergence, draws that hit the maximum tree depth, E-BFMI below 0.3."""
+        table = self.summary(prob)
+        out = []
+        high = table.index[~(table["r_hat"] <= MAX_R_HAT)]
+        if len(high):
+            out.append(
+                f"r_hat > {MAX_R_HAT} (or undefined) for {_listing(table.loc[high, 'r_hat'])}: "
+                "the chains disagree; run longer or reparameterise."
+            )
+        min_ess = MIN_ESS_PER_CHAIN * self.chains
+        low = table.index[~(table["ess_bulk"] >= min_ess)]
+        if len(low):
+            out.append(
+                f"ess_bulk < {min_ess} ({MIN_ESS_PER_CHAIN} per chain) for "
+                f"{_listing(table.loc[low, 'ess_bulk'], '.0f')}: draw more."
+            )
+        draws = self.chains * self.num_draws
+        if "diverging" in self.stats and self.stats["diverging"].any():
+            n = int(self.stats["diverging"].sum())
+            out.append(
+                f"{n} divergent transitions ({n / draws:.1%} of draws): the draws may be biased; "
+                "raise target_accept or reparameterise."
+            )
+        if "tree_depth" in self.stats:
+            n = int((self.stats["tree_depth"] >= self.max_tree_depth).sum())
+            if n:
+                out.append(
+                    f"{n} draws ({n / draws:.1%}) hit max_tree_depth={self.max_tree_depth}: "
+                    "trajectories were cut short; raise max_tree_depth or reparameterise."
+                )
+        if "energy" in self.stats:
+            low = [(c, v) for c, v in enumerate(self.e_bfmi()) if v < MIN_E_BFMI]
+            if low:
+                chains = ", ".join(f"chain {c}: {v:.2f}" for c, v in low)
+                out.append(f"E-BFMI < {MIN_E_BFMI} ({chains}): the posterior may have heavy tails.")
+        return out
+
+    def derive(self, **quantities):
+        """A Posterior with the draws of derived quantities added: `post.derive(diff=lambda p:
+        p.mu[..., 1] - p.mu[..., 0])`; each function gets `p` (draws `[chains, draws, *shape]` by
+        attribute) and returns draws `[chains, draws, *shape]`."""
+        draws = dict(self.draws)
+        for name, fn in quantities.items():
+            if name in draws:
+                raise ValueError(
+                    f"derive: '{name}' is already in the posterior; pick another name."
+                )
+            draws[name] = self._evaluate(fn, name)
+        return Posterior(draws, self.stats, self.warmup, self.warmup_stats, self.attrs)
+
+    def prob(self, event):
+        """P(event) with its Monte Carlo standard error: `post.prob(lambda p: p.mu[..., 1] <
+        p.mu[..., 0])`. The event returns booleans `[chains, draws, *shape]`."""
+        indicator = self._evaluate(event, "event").to(torch.float64)
+        flat = indicator.reshape(self.chains, self.num_draws, -1)
+        value = flat.mean(dim=(0, 1)).numpy()
+        # A constant indicator has no detectable Monte Carlo error; the MCSE formula gives 0/0.
+        mcse = np.where(flat.std(dim=(0, 1)).numpy() > 0, diagnostics.mcse_mean(flat), 0.0)
+        if indicator.ndim == 2:
+            return Probability(float(value[0]), float(mcse[0]))
+        shape = indicator.shape[2:]
+        return Probability(value.reshape(shape), mcse.reshape(shape))
+
+    def interval(self, quantity, prob=0.95, kind="eti"):
+        """Credible interval of a parameter (by name) or of a derived quantity (a function of
+        `p`): `kind` "eti" (equal-tailed) or "hdi" (highest density). Returns `[*shape, 2]`."""
+        functions = {"eti": diagnostics.eti, "hdi": diagnostics.hdi}
+        if kind not in functions:
+            raise ValueError(f"interval: kind={kind!r} is unknown; use 'eti' or 'hdi'.")
+        draws = (
+            self[quantity] if isinstance(quantity, str) else self._evaluate(quantity, "quantity")
+        )
+        return functions[kind](draws, prob)
+
+    def _evaluate(self, fn, name):
+        value = torch.as_tensor(fn(DrawsView(self.draws)))
+        if tuple(value.shape[:2]) != self.shape:
+            raise ValueError(
+                f"'{name}' returned shape {tuple(value.shape)}; it must keep the leading "
+                f"[chains, draws] = {list(self.shape)} dimensions (index with p.mu[..., 0])."
+            )
+        return value.detach().cpu()
+
+    # ----- the data's pointwise log-likelihood
+
+    def log_likelihood(self, model, chunk_size=CHUNK_SIZE):
+        """Pointwise log-likelihood of `model`'s observed data at every draw:
+        {field: `[chains, draws, *data_shape]`}, for LOO and WAIC."""
+        missing = [name for name in model.param_shapes if name not in self.draws]
+        if missing:
+            raise ValueError(
+                f"log_likelihood: the posterior has no draws of {missing}; is it a posterior of "
+                f"{model.name}?"
+            )
+        chains, draws = self.shape
+        flat = {
+            name: self.draws[name].reshape(chains * draws, *shape)
+            for name, shape in model.param_shapes.items()
+        }
+        chunks = {}
+        for start in range(0, chains * draws, chunk_size):
+            values = {name: value[start : start + chunk_size] for name, value in flat.items()}
+            with torch.no_grad():
+                for field, value in model.log_likelihood(model.unconstrain(values)).items():
+                    chunks.setdefault(field, []).append(value.cpu().to(torch.float64))
+        return {
+            field: torch.cat(values).reshape(chains, draws, *values[0].shape[1:])
+            for field, values in chunks.items()
+        }
+
+    # ----- tables and files
+
     def to_dataframe(self):
         """Tidy table: columns chain, draw, then one column per flat name (`mu[0]`, `mu[1]`)."""
         chains, draws = self.shape
@@ -124,8 +317,10 @@ class Posterior:
             attrs = json.loads(str(npz["attrs"]))
         return cls(**groups, attrs=attrs)
 
-    def to_arviz(self):
-        """ArviZ InferenceData (needs the `arviz` extra)."""
+    def to_arviz(self, model=None):
+        """ArviZ InferenceData (needs the `arviz` extra). With the `model` these draws came
+        from, it has log_likelihood and observed_data groups too, for `az.loo` and `az.waic`
+        (with several observed fields, name one: `az.loo(idata, var_name="y1")`)."""
         try:
             import arviz as az
         except ImportError:
@@ -142,6 +337,12 @@ class Posterior:
             warmup_posterior=numpy(self.warmup) or None,
             warmup_sample_stats=numpy(self.warmup_stats) or None,
             save_warmup=self.warmup is not None,
+            log_likelihood=numpy(self.log_likelihood(model)) if model is not None else None,
+            observed_data=(
+                {field: model.data[field].cpu().numpy() for field in model.observed}
+                if model is not None
+                else None
+            ),
         )
         attrs = {
             k: v if isinstance(v, str | int | float) else json.dumps(v)
@@ -156,6 +357,10 @@ def _as_tensors(values, what):
     if not isinstance(values, dict):
         raise TypeError(f"Posterior: {what} must be a dict {{name: array}}, not {type(values)}.")
     return {name: torch.as_tensor(value).detach().cpu() for name, value in values.items()}
+
+
+def _listing(values, fmt=".3f"):
+    return ", ".join(f"{name} ({value:{fmt}})" for name, value in values.items())
 
 
 def _shapes(values):

@@ -1,0 +1,244 @@
+"""Figures of draws, intervals, checks and sampler behaviour (needs the `plots` extra).
+
+Each function returns a `matplotlib.figure.Figure`, built without pyplot, so nothing is shown
+and no global figure state is kept: save it with `fig.savefig("trace.png")`. matplotlib is
+imported only when a figure is made, so the library imports without it.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from . import diagnostics
+from .posterior import DrawsView, Posterior
+from .predictive import replicate_statistics
+
+INTERVAL_COLOR = "black"
+TRUTH_COLOR = "tab:red"
+
+
+def _figure(rows, cols, width=4.0, height=2.6):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "bayeslib.plots needs matplotlib: pip install 'bayeslib[plots]'"
+        ) from None
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _flat_draws(draws, names=None):
+    """[(flat name, [chains, draws] array)] of a Posterior or of {name: [chains, draws, ...]}."""
+    values = draws.draws if isinstance(draws, Posterior) else draws
+    names = list(values) if names is None else [names] if isinstance(names, str) else names
+    out = []
+    for name in names:
+        value = _numpy(values[name]).astype(np.float64)
+        chains, n = value.shape[:2]
+        flat = value.reshape(chains, n, -1)
+        for i, label in enumerate(diagnostics.flat_names(name, value.shape[2:])):
+            out.append((label, flat[:, :, i]))
+    return out
+
+
+def _grid(n, cols=3):
+    cols = min(n, cols)
+    return math.ceil(n / cols), cols
+
+
+def _hide_unused(axes, used):
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def plot_trace(post, names=None):
+    """Per flat parameter: each chain's density (left) and its draws in order (right)."""
+    flat = _flat_draws(post, names)
+    fig, axes = _figure(len(flat), 2, width=4.5, height=1.9)
+    for (label, x), (left, right) in zip(flat, axes, strict=True):
+        bins = np.histogram_bin_edges(x, bins=30)
+        for chain, values in enumerate(x):
+            left.hist(values, bins=bins, density=True, histtype="step", label=f"chain {chain}")
+            right.plot(values, linewidth=0.6, alpha=0.8)
+        left.set(title=label, xlabel=label, ylabel="density")
+        right.set(title=f"{label} by chain", xlabel="draw", ylabel=label)
+    axes[0, 0].legend(fontsize="small")
+    return fig
+
+
+def plot_rank(post, names=None, bins=20):
+    """Per flat parameter: a histogram of each chain's ranks among all draws. Chains that
+    sample the same distribution give flat histograms, near the dashed uniform line."""
+    flat = _flat_draws(post, names)
+    rows, cols = _grid(len(flat))
+    fig, axes = _figure(rows, cols)
+    for (label, x), ax in zip(flat, axes.flat, strict=False):
+        chains, n = x.shape
+        ranks = np.argsort(np.argsort(x.ravel(), kind="stable")).reshape(chains, n)
+        edges = np.linspace(0, chains * n, bins + 1)
+        for chain in range(chains):
+            ax.hist(ranks[chain], bins=edges, histtype="step", label=f"chain {chain}")
+        ax.axhline(n / bins, color="gray", linestyle="--")
+        ax.set(title=label, xlabel="rank of draw among all chains", ylabel="draws per bin")
+    axes.flat[0].legend(fontsize="small")
+    _hide_unused(axes, len(flat))
+    return fig
+
+
+def _interval_bar(ax, low, high, mean, prob, kind):
+    """The interval as a thick bar under the histogram, its ends written beside it."""
+    top = ax.get_ylim()[1]
+    ax.hlines(0.04 * top, low, high, color=INTERVAL_COLOR, linewidth=5, label=f"{prob:.0%} {kind}")
+    for end, align in ((low, "right"), (high, "left")):
+        ax.text(end, 0.09 * top, f"{end:.3f}", ha=align, fontsize="small", weight="bold")
+    ax.axvline(mean, color=INTERVAL_COLOR, linestyle=":", label=f"mean {mean:.3f}")
+
+
+def plot_posterior(draws, names=None, prob=0.95, kind="hdi"):
+    """Per flat parameter: the histogram of its draws, its mean and its `prob` credible
+    interval ('hdi' or 'eti'). `draws`: a Posterior, or a dict {name: [chains, draws, ...]}
+    such as posterior predictive draws."""
+    interval = {"hdi": diagnostics.hdi, "eti": diagnostics.eti}[kind]
+    flat = _flat_draws(draws, names)
+    rows, cols = _grid(len(flat))
+    fig, axes = _figure(rows, cols)
+    for (label, x), ax in zip(flat, axes.flat, strict=False):
+        low, high = interval(x, prob)
+        ax.hist(x.ravel(), bins=40, density=True, color="steelblue", alpha=0.7)
+        _interval_bar(ax, low, high, x.mean(), prob, kind.upper())
+        ax.set(title=label, xlabel=label, ylabel="posterior density")
+        ax.legend(fontsize="small")
+    _hide_unused(axes, len(flat))
+    return fig
+
+
+def plot_difference(post, quantity, reference=0.0, prob=0.95, label="difference"):
+    """The seed's figure for a difference (e.g. of group means): its histogram, the
+    probability that it is below `reference` with its MCSE, and its `prob` equal-tailed
+    interval. `quantity`: a parameter name or a function of `p` as in `Posterior.derive`."""
+    if isinstance(quantity, str):
+        name, label = quantity, quantity
+
+        def quantity(p):
+            return getattr(p, name)
+
+    x = _numpy(quantity(DrawsView(post.draws)))
+    if x.shape != post.shape:
+        raise ValueError(f"plot_difference needs a scalar quantity, got draws shaped {x.shape}")
+    below = post.prob(lambda p: quantity(p) < reference)
+    low, high = diagnostics.eti(x, prob)
+    fig, axes = _figure(1, 1, width=6.5, height=4.0)
+    ax = axes[0, 0]
+    ax.hist(x.ravel(), bins=40, color="steelblue", alpha=0.7)
+    ax.axvline(reference, color="gray", linestyle="--")
+    _interval_bar(ax, low, high, x.mean(), prob, "interval")
+    ax.set(
+        title=f"P({label} < {reference:g}) = {below.value:.3f} (MCSE {below.mcse:.3f})",
+        xlabel=label,
+        ylabel="draws",
+    )
+    ax.legend(fontsize="small", loc="upper right")
+    return fig
+
+
+def plot_forest(post, names=None, prob=0.95, truth=None):
+    """Posterior means with their `prob` equal-tailed intervals, one row per flat parameter
+    (the seed's figure of the regression coefficients); `truth`: {name: known value} drawn
+    over them as crosses."""
+    flat = _flat_draws(post, names)
+    labels = [label for label, _ in flat]
+    means = np.array([x.mean() for _, x in flat])
+    intervals = np.array([diagnostics.eti(x, prob) for _, x in flat])
+    rows = np.arange(len(flat))[::-1]
+    fig, axes = _figure(1, 1, width=5.0, height=0.5 * len(flat) + 1.5)
+    ax = axes[0, 0]
+    ax.hlines(rows, intervals[:, 0], intervals[:, 1], color="steelblue", linewidth=3)
+    ax.plot(means, rows, "o", color="steelblue", label=f"mean and {prob:.0%} interval")
+    known = []
+    if truth:
+        row_of = dict(zip(labels, rows, strict=True))
+        for name, value in truth.items():
+            value = _numpy(value)
+            for label, v in zip(
+                diagnostics.flat_names(name, value.shape), value.ravel(), strict=True
+            ):
+                if label in row_of:
+                    known.append((v, row_of[label]))
+    if known:
+        values, positions = zip(*known, strict=True)
+        ax.plot(
+            values,
+            positions,
+            "x",
+            color=TRUTH_COLOR,
+            markersize=9,
+            markeredgewidth=2,
+            label="true value",
+        )
+    ax.set_yticks(rows, labels)
+    ax.set(title="Posterior means and intervals", xlabel="value", ylabel="parameter")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_ppc(model, post, statistics=None, seed=0, thin=1):
+    """Posterior predictive checks: per observed field and test statistic, the distribution
+    of the statistic over replicated data sets, the observed value as a line, and the
+    Bayesian p-value P(T(y_rep) >= T(y))."""
+    observed, replicated = replicate_statistics(model, post, statistics, seed, thin)
+    keys = list(observed)
+    rows, cols = _grid(len(keys), cols=4)
+    fig, axes = _figure(rows, cols, width=3.4)
+    for key, ax in zip(keys, axes.flat, strict=False):
+        field, name = key
+        t_rep = replicated[key].ravel()
+        ax.hist(t_rep, bins=30, color="steelblue", alpha=0.7, label="replicated")
+        ax.axvline(observed[key], color=TRUTH_COLOR, linewidth=2, label="observed")
+        p_value = np.mean(t_rep >= observed[key])
+        ax.set(
+            title=f"{name}({field}): p = {p_value:.2f}", xlabel=f"{name}({field})", ylabel="draws"
+        )
+    axes.flat[0].legend(fontsize="small")
+    _hide_unused(axes, len(keys))
+    return fig
+
+
+def plot_energy(post):
+    """HMC/NUTS energy diagnostic (as ArviZ's plot_energy): the marginal energy distribution
+    beside the distribution of energy transitions between draws, with E-BFMI per chain. A
+    transition distribution much narrower than the marginal one means the sampler explores
+    the energy levels slowly (low E-BFMI)."""
+    if "energy" not in post.stats:
+        raise ValueError("plot_energy needs the 'energy' statistic, which HMC and NUTS record.")
+    energy = _numpy(post.stats["energy"])
+    marginal = (energy - energy.mean(axis=1, keepdims=True)).ravel()
+    transition = np.diff(energy, axis=1).ravel()
+    bins = np.histogram_bin_edges(np.concatenate([marginal, transition]), bins=40)
+    fig, axes = _figure(1, 1, width=6.0, height=4.0)
+    ax = axes[0, 0]
+    ax.hist(marginal, bins=bins, density=True, alpha=0.6, label="marginal energy")
+    ax.hist(transition, bins=bins, density=True, alpha=0.6, label="energy transition")
+    bfmi = ", ".join(f"{value:.2f}" for value in post.e_bfmi())
+    ax.set(title=f"E-BFMI by chain: {bfmi}", xlabel="energy (centred)", ylabel="density")
+    ax.legend(fontsize="small")
+    return fig
+
+
+__all__ = [
+    "plot_difference",
+    "plot_energy",
+    "plot_forest",
+    "plot_posterior",
+    "plot_ppc",
+    "plot_rank",
+    "plot_trace",
+]
