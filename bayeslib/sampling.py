@@ -2,6 +2,7 @@
 
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -63,26 +64,8 @@ def sample(
     generator = torch.Generator(device=device).manual_seed(seed)
     target = Target(model.logdensity_and_grad, model.logdensity)
     z = initial_positions(model, chains, init, generator, seed, kernel.needs_grad)
-    state = kernel.init_state(target, z)
 
-    started = time.perf_counter()
-    kernel.setup(target, state, generator, warmup)
-    stat_names = ("lp", "step_size", *kernel.stat_names)
-    bar = _progress_bar(progress, warmup + draws * thin)
-
-    warmup_buffers = _Buffers(warmup // thin, chains, model.dim, stat_names, z)
-    state = _run(kernel, generator, state, warmup, thin, warmup_buffers, bar, adapt=True)
-    _synchronize(device)
-    warmup_time = time.perf_counter() - started
-
-    started = time.perf_counter()
-    buffers = _Buffers(draws, chains, model.dim, stat_names, z)
-    state = _run(kernel, generator, state, draws * thin, thin, buffers, bar, adapt=False)
-    _synchronize(device)
-    sampling_time = time.perf_counter() - started
-    if bar is not None:
-        bar.close()
-
+    run = run_chains(kernel, target, z, generator, warmup, draws, thin, progress)
     attrs = {
         "model": model.name,
         "sampler": kernel.name,
@@ -94,17 +77,84 @@ def sample(
         "init": init if isinstance(init, str) else "given",
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "warmup_time": warmup_time,
-        "sampling_time": sampling_time,
+        "warmup_time": run.warmup_time,
+        "sampling_time": run.sampling_time,
         "step_size": kernel.step_size.tolist(),
     }
+    has_warmup = run.warmup_positions.shape[1] > 0
     return Posterior(
-        draws=buffers.constrained(model),
-        stats=buffers.stats_by_chain(),
-        warmup=warmup_buffers.constrained(model) if warmup_buffers.size else None,
-        warmup_stats=warmup_buffers.stats_by_chain() if warmup_buffers.size else None,
+        draws=_constrained(model, run.positions),
+        stats=run.stats,
+        warmup=_constrained(model, run.warmup_positions) if has_warmup else None,
+        warmup_stats=run.warmup_stats if has_warmup else None,
         attrs=attrs,
     )
+
+
+class Chains(NamedTuple):
+    """What `run_chains` returns: unconstrained ``positions`` ``[chains, draws, dim]`` and
+    ``stats`` ``{name: [chains, draws]}`` (CPU; floats as float64), the same for the kept
+    warmup iterations, and the wall times in seconds."""
+
+    positions: torch.Tensor
+    stats: dict
+    warmup_positions: torch.Tensor
+    warmup_stats: dict
+    warmup_time: float
+    sampling_time: float
+
+
+def run_chains(
+    kernel: Sampler,
+    target: Target,
+    z: torch.Tensor,
+    generator: torch.Generator,
+    warmup: int,
+    draws: int,
+    thin: int = 1,
+    progress: bool = False,
+) -> Chains:
+    """Run `kernel` on any batched log density from starting points `z` ``[chains, dim]``:
+    `warmup` adapting iterations, then `draws * thin` iterations keeping every `thin`-th.
+    Warmup states are kept (every `thin`-th) apart from the draws."""
+    chains, dim = z.shape
+    state = kernel.init_state(target, z)
+    started = time.perf_counter()
+    kernel.setup(target, state, generator, warmup)
+    stat_names = ("lp", "step_size", *kernel.stat_names)
+    bar = _progress_bar(progress, warmup + draws * thin)
+
+    warmup_buffers = _Buffers(warmup // thin, chains, dim, stat_names, z)
+    state = _run(kernel, generator, state, warmup, thin, warmup_buffers, bar, adapt=True)
+    _synchronize(z.device)
+    warmup_time = time.perf_counter() - started
+
+    started = time.perf_counter()
+    buffers = _Buffers(draws, chains, dim, stat_names, z)
+    state = _run(kernel, generator, state, draws * thin, thin, buffers, bar, adapt=False)
+    _synchronize(z.device)
+    sampling_time = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
+    return Chains(
+        _to_cpu(buffers.z.transpose(0, 1)),
+        buffers.stats_by_chain(),
+        _to_cpu(warmup_buffers.z.transpose(0, 1)),
+        warmup_buffers.stats_by_chain(),
+        warmup_time,
+        sampling_time,
+    )
+
+
+def _constrained(model, positions):
+    """Unconstrained ``[chains, draws, dim]`` (CPU) -> {name: ``[chains, draws, *shape]``}."""
+    chains, draws, dim = positions.shape
+    flat = positions.reshape(chains * draws, dim).to(device=model.device, dtype=model.dtype)
+    values = model.constrain(flat)
+    return {
+        name: _to_cpu(value.reshape(chains, draws, *value.shape[1:]))
+        for name, value in values.items()
+    }
 
 
 def _run(kernel: Sampler, generator, state, iterations, thin, buffers, bar, adapt):
@@ -148,14 +198,6 @@ class _Buffers:
                 buffer[index] = step_size
             else:
                 buffer[index] = getattr(info, name)
-
-    def constrained(self, model):
-        size, chains, dim = self.z.shape
-        values = model.constrain(self.z.reshape(size * chains, dim))
-        return {
-            name: _to_cpu(value.reshape(size, chains, *value.shape[1:]).transpose(0, 1))
-            for name, value in values.items()
-        }
 
     def stats_by_chain(self):
         return {name: _to_cpu(value.transpose(0, 1)) for name, value in self.stats.items()}
@@ -287,4 +329,4 @@ class _Progress:
         self.last = time.perf_counter()
 
 
-__all__ = ["initial_positions", "resolve_device", "resolve_dtype", "sample"]
+__all__ = ["Chains", "initial_positions", "resolve_device", "resolve_dtype", "run_chains", "sample"]
