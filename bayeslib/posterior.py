@@ -151,7 +151,7 @@ class Posterior:
         if "energy" not in self.stats:
             raise ValueError("E-BFMI needs the 'energy' statistic, which HMC and NUTS record.")
         energy = self.stats["energy"].numpy()
-        return np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1)
+        return np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1, ddof=1)
 
     def warnings(self, prob=0.95):
         """What a user must not ignore, one message each: R-hat above 1.01, bulk ESS below 100
