@@ -1,0 +1,142 @@
+from snakemake.io import report as report_output
+from snakemake.utils import validate
+
+
+validate(config, "../../config/schema.yaml", set_default=True)
+
+SCENARIOS = {s["name"]: s for s in config["scenarios"]}
+SAMPLERS = {s["name"]: s for s in config["samplers"]}
+REPLICATES = list(range(config["replicates"]))
+PLOT_REPLICATES = REPLICATES[: config["plot_replicates"]]
+PLOT_KINDS = ["trace", "rank", "posterior", "forest", "ppc", "sampler", "question"]
+
+
+def _check_config():
+    for key, items in (("scenarios", config["scenarios"]), ("samplers", config["samplers"])):
+        names = [item["name"] for item in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"config: {key} has a repeated name: {names}")
+    for scenario in config["scenarios"]:
+        unknown = set(scenario.get("samplers", [])) - set(SAMPLERS)
+        if unknown:
+            raise ValueError(
+                f"config: scenarios[{scenario['name']}].samplers names {sorted(unknown)}, "
+                f"which are not in samplers ({list(SAMPLERS)})"
+            )
+
+
+    recovery = config["recovery"]
+    if (recovery["rank_draws"] + 1) % recovery["rank_bins"]:
+        raise ValueError(
+            "config: recovery.rank_draws + 1 must be a multiple of recovery.rank_bins, so that "
+            f"the ranks 0..rank_draws fill the bins evenly (got {recovery['rank_draws']} and "
+            f"{recovery['rank_bins']})"
+        )
+
+
+_check_config()
+
+
+wildcard_constraints:
+    scenario="|".join(SCENARIOS),
+    sampler="|".join(SAMPLERS),
+    replicate=r"\d+",
+
+
+def samplers_of(scenario):
+    return SCENARIOS[scenario].get("samplers") or list(SAMPLERS)
+
+
+def fits():
+    """Every (scenario, replicate, sampler) the study fits."""
+    return [
+        (scenario, replicate, sampler)
+        for scenario in SCENARIOS
+        for replicate in REPLICATES
+        for sampler in samplers_of(scenario)
+    ]
+
+
+def analyses():
+    return [(scenario, sampler) for scenario in SCENARIOS for sampler in samplers_of(scenario)]
+
+
+def posterior_files(scenario=None, sampler=None):
+    return [
+        f"results/posterior/{sc}/{r}/{sa}.npz"
+        for sc, r, sa in fits()
+        if scenario in (None, sc) and sampler in (None, sa)
+    ]
+
+
+def data_files(scenario=None):
+    return [
+        f"results/data/{sc}/{r}.npz" for sc in SCENARIOS for r in REPLICATES if scenario in (None, sc)
+    ]
+
+
+def map_files(scenario=None):
+    return [
+        f"results/map/{sc}/{r}.json" for sc in SCENARIOS for r in REPLICATES if scenario in (None, sc)
+    ]
+
+
+def analysis_files(name):
+    return [f"results/analysis/{sc}/{sa}/{name}" for sc, sa in analyses()]
+
+
+def plot_outputs():
+    return [
+        report_output(
+            f"results/plots/{{scenario}}/{{sampler}}/{replicate}/{kind}.png",
+            caption=f"../report/{kind}.rst",
+            category="{scenario}",
+            subcategory="{sampler}",
+            labels={"figure": kind, "replicate": str(replicate)},
+        )
+        for replicate in PLOT_REPLICATES
+        for kind in PLOT_KINDS
+    ]
+
+
+def plot_files():
+    return [
+        f"results/plots/{sc}/{sa}/{r}/{kind}.png"
+        for sc, sa in analyses()
+        for r in PLOT_REPLICATES
+        for kind in PLOT_KINDS
+    ]
+
+
+RECOVERY = {
+    "table": "results/recovery/recovery.csv",
+    "ranks": "results/recovery/ranks.csv",
+    "check": "results/recovery/check.json",
+    "coverage_plot": "results/recovery/coverage.png",
+    "rank_plot": "results/recovery/ranks.png",
+}
+REPORT = {"fits": "results/report/fits.csv", "efficiency": "results/report/efficiency.png"}
+
+
+def science_files():
+    """Every file the study computes, in a fixed order: what is tracked, hashed and reproduced."""
+    return (
+        data_files()
+        + map_files()
+        + posterior_files()
+        + analysis_files("summary.csv")
+        + analysis_files("fits.csv")
+        + analysis_files("ppc.csv")
+        + list(RECOVERY.values())
+        + list(REPORT.values())
+        + plot_files()
+    )
+
+
+def track_inputs(wc):
+    """The track rule logs the study; for the reproduce target, also the verdict."""
+    inputs = {"science": science_files()}
+    if wc.target == "reproduce":
+        inputs["verdict"] = "results/reproduce/verdict.json"
+        inputs["study"] = "results/mlflow/study.logged.json"
+    return inputs

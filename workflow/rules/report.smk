@@ -1,0 +1,24 @@
+rule report:
+    input:
+        fits=analysis_files("fits.csv"),
+    output:
+        fits=report(
+            REPORT["fits"],
+            caption="../report/fits.rst",
+            category="study",
+            labels={"table": "every fit"},
+        ),
+        efficiency=report(
+            REPORT["efficiency"],
+            caption="../report/efficiency.rst",
+            category="study",
+            labels={"figure": "ESS per second"},
+        ),
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        "../envs/bayeslib.yaml"
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,27 @@
+# `snakemake --cores 8 reproduce` runs the study again from clean in results/reproduce/run and
+# compares every number with results/; `--forcerun compare` repeats it (e.g. from cron).
+localrules:
+    compare,
+
+
+rule compare:
+    input:
+        science_files(),
+    output:
+        "results/reproduce/verdict.json",
+    params:
+        config=config,
+        snakefile=workflow.main_snakefile,
+        science=science_files(),
+    threads: workflow.cores
+    log:
+        "results/logs/compare.log",
+    conda:
+        "../envs/bayeslib.yaml"
+    script:
+        "../scripts/compare.py"
+
+
+rule reproduce:
+    input:
+        "results/mlflow/reproduce.logged.json",

@@ -1,0 +1,23 @@
+# The only rule that writes to MLflow; it runs on the submitting machine, which reaches the server.
+localrules:
+    track,
+
+
+rule track:
+    input:
+        unpack(track_inputs),
+    output:
+        "results/mlflow/{target}.logged.json",
+    wildcard_constraints:
+        target="study|reproduce",
+    params:
+        config=config,
+        fits=fits(),
+        plot_replicates=len(PLOT_REPLICATES),
+        workdir=workflow.basedir,
+    log:
+        "results/logs/track/{target}.log",
+    conda:
+        "../envs/bayeslib.yaml"
+    script:
+        "../scripts/track.py"

@@ -1,0 +1,282 @@
+"""track: the only writer to MLflow. Logs the study as one parent run (config, git commit,
+library versions, device, recovery table, benchmarks) with a nested run per data set and
+sampler; the reproduce target adds its verdict to that parent run.
+
+A run is found again by the hash of the study's files (tag `bayeslib.results_hash`), so logging
+the same results twice, or retrying after a failure, leaves exactly one run."""
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+import study  # noqa: E402
+
+# Fail within seconds when the tracking server is unreachable, instead of retrying for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import snakemake as snakemake_package  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+import bayeslib as bl  # noqa: E402
+
+sm = snakemake  # noqa: F821
+study.log_to(sm.log[0], echo=True)
+config, target = sm.params.config, sm.wildcards.target
+HASH_TAG, ROLE_TAG, COMPLETE_TAG = "bayeslib.results_hash", "bayeslib.role", "bayeslib.complete"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def results_hash(paths):
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def metric_key(*parts):
+    """MLflow metric names allow letters, digits and `_-. /`: mu[0] becomes mu_0."""
+    name = ".".join(str(p) for p in parts)
+    return name.replace("[", "_").replace("]", "").replace(",", "_")
+
+
+def metrics(values, timestamp, step=0):
+    return [
+        Metric(metric_key(key), float(value), timestamp, step)
+        for key, value in values.items()
+        if isinstance(value, int | float | np.number) and np.isfinite(value)
+    ]
+
+
+def flat_config(value, prefix=""):
+    """{"samplers.nuts.chains": "16", ...}: lists of named items are keyed by name."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        items = ((v["name"], {k: x for k, x in v.items() if k != "name"}) for v in value)
+    else:
+        return {prefix: json.dumps(value) if isinstance(value, list) else str(value)}
+    out = {}
+    for key, item in items:
+        out.update(flat_config(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def git(*args):
+    try:
+        done = subprocess.run(
+            ["git", "-C", sm.params.workdir, *args], capture_output=True, text=True, timeout=30
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def benchmarks():
+    """Every job's `benchmark:` record (wall time, memory), one row per job."""
+    rows = []
+    for path in sorted(Path("results/benchmarks").rglob("*.tsv")):
+        table = pd.read_csv(path, sep="\t")
+        job = path.relative_to("results/benchmarks").with_suffix("")
+        table.insert(0, "rule", job.parts[0])
+        table.insert(1, "job", "/".join(job.parts[1:]) or job.parts[0])
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def experiment_id(client, uri):
+    name = config["tracking"]["experiment"]
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A local store keeps artifacts inside the project, not in ./mlruns of whichever folder
+    # the UI or the pipeline was started from.
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = Path(config["tracking"]["artifact_location"]).resolve().as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_parent(client, exp, digest):
+    runs = client.search_runs(
+        [exp], f"tags.`{HASH_TAG}` = '{digest}' and tags.`{ROLE_TAG}` = 'study'"
+    )
+    complete = [r for r in runs if r.data.tags.get(COMPLETE_TAG) == "true"]
+    for run in runs:
+        if run not in complete:  # left half-logged by a failed attempt
+            delete_with_children(client, exp, run.info.run_id)
+    return complete[0] if complete else None
+
+
+def delete_with_children(client, exp, run_id):
+    for child in client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{run_id}'"):
+        client.delete_run(child.info.run_id)
+    client.delete_run(run_id)
+
+
+def log_study(client, exp, digest):
+    now = int(time.time() * 1000)
+    fits = pd.read_csv("results/report/fits.csv")
+    recovery = pd.read_csv("results/recovery/recovery.csv")
+    with open("results/recovery/check.json") as f:
+        check = json.load(f)
+    bench = benchmarks()
+    devices = sorted(fits["device"].astype(str).unique())
+    tags = {
+        HASH_TAG: digest,
+        ROLE_TAG: "study",
+        "mlflow.runName": f"study {digest[:10]}",
+        "mlflow.source.git.commit": git("rev-parse", "HEAD"),
+        "git.dirty": str(bool(git("status", "--porcelain"))).lower(),
+        "device": ",".join(devices),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
+        "host": platform.node(),
+        "version.bayeslib": bl.__version__,
+        "version.torch": torch.__version__,
+        "version.numpy": np.__version__,
+        "version.snakemake": snakemake_package.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.python": platform.python_version(),
+    }
+    parent = client.create_run(exp, tags=tags).info.run_id
+    params = [Param(k, v[:6000]) for k, v in flat_config(config).items()]
+    values = {"recovery.passed": int(check["passed"]), "recovery.failures": len(check["failures"])}
+    for row in recovery.to_dict("records"):
+        prefix = ("recovery", row["scenario"], row["sampler"], row["parameter"])
+        for key, value in row.items():
+            if key not in ("scenario", "sampler", "parameter", "passed"):
+                values[metric_key(*prefix, key)] = value
+    if not bench.empty:
+        values["benchmark.total_s"] = bench["s"].sum()
+        for rule, rows in bench.groupby("rule"):
+            values[f"benchmark.{rule}.s"] = rows["s"].sum()
+            values[f"benchmark.{rule}.max_rss_mb"] = rows["max_rss"].max()
+    batch = metrics(values, now)
+    for i in range(0, len(params), 100):
+        client.log_batch(parent, params=params[i : i + 100])
+    for i in range(0, len(batch), 1000):
+        client.log_batch(parent, metrics=batch[i : i + 1000])
+    client.log_dict(parent, config, "config.yaml")
+    client.log_table(parent, recovery, "recovery_table.json")
+    for path in ["results/recovery/" + n for n in ("recovery.csv", "check.json", "ranks.csv")]:
+        client.log_artifact(parent, path, "recovery")
+    for path in ["results/recovery/coverage.png", "results/recovery/ranks.png"]:
+        client.log_artifact(parent, path, "recovery")
+    client.log_artifact(parent, "results/report/fits.csv", "report")
+    client.log_artifact(parent, "results/report/efficiency.png", "report")
+    if not bench.empty:
+        client.log_text(parent, bench.to_csv(index=False), "benchmarks.csv")
+
+    for scenario, replicate, sampler in sm.params.fits:
+        log_fit(client, exp, parent, scenario, replicate, sampler, fits, bench, now)
+    client.set_tag(parent, COMPLETE_TAG, "true")
+    client.set_terminated(parent)
+    return parent
+
+
+def log_fit(client, exp, parent, scenario, replicate, sampler, fits, bench, now):
+    name = f"{scenario}/{replicate}/{sampler}"
+    run = client.create_run(exp, tags={PARENT_TAG: parent, "mlflow.runName": name}).info.run_id
+    folder = f"results/analysis/{scenario}/{sampler}"
+    row = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
+    row = row[row.replicate == replicate].iloc[0].to_dict()
+    summary = pd.read_csv(f"{folder}/summary.csv")
+    summary = summary[summary.replicate == replicate]
+    ppc = pd.read_csv(f"{folder}/ppc.csv")
+    ppc = ppc[ppc.replicate == replicate]
+    scenario_config = next(s for s in config["scenarios"] if s["name"] == scenario)
+    params = {"scenario": scenario, "replicate": replicate, "sampler": sampler}
+    params.update({k: row[k] for k in ("chains", "draws", "warmup", "thin", "seed", "device")})
+    params.update({f"data.{k}": v for k, v in flat_config(scenario_config).items()})
+    values = {k: v for k, v in row.items() if k not in params}
+    for record in summary.to_dict("records"):
+        for key in ("mean", "sd", "r_hat", "ess_bulk", "ess_tail", "mcse_mean", "eti_width"):
+            values[metric_key(record["parameter"], key)] = record[key]
+    for record in ppc.to_dict("records"):
+        values[metric_key("ppc", record["field"], record["statistic"], "p_value")] = record[
+            "p_value"
+        ]
+    job = bench[(bench.rule == "sample") & (bench.job == name)] if not bench.empty else bench
+    if not job.empty:
+        values["benchmark.sample.s"] = job["s"].iloc[0]
+        values["benchmark.sample.max_rss_mb"] = job["max_rss"].iloc[0]
+    client.log_batch(
+        run,
+        metrics=metrics(values, now),
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+    client.log_text(run, summary.to_csv(index=False), "summary.csv")
+    client.log_text(run, ppc.to_csv(index=False), "ppc.csv")
+    if replicate < sm.params.plot_replicates:
+        client.log_artifacts(run, f"results/plots/{scenario}/{sampler}/{replicate}", "plots")
+    client.set_terminated(run)
+
+
+def log_reproduce(client, exp, parent):
+    """The verdict of one reproduction, as a new point of the parent run's reproduce metrics."""
+    with open(sm.input.verdict, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    run = client.get_run(parent)
+    tag = f"bayeslib.reproduce.{digest}"
+    if tag in run.data.tags:
+        return False
+    with open(sm.input.verdict) as f:
+        verdict = json.load(f)
+    step = len(client.get_metric_history(parent, "reproduce.passed"))
+    values = {
+        "reproduce.passed": int(verdict["passed"]),
+        "reproduce.identical": int(verdict["identical"]),
+        "reproduce.numbers_compared": verdict["numbers_compared"],
+        "reproduce.numbers_different": verdict["numbers_different"],
+        "reproduce.max_abs_difference": verdict["max_abs_difference"],
+    }
+    client.log_artifact(parent, sm.input.verdict, f"reproduce/{digest}")
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=metrics(values, now, step), tags=[RunTag(tag, "logged")])
+    return True
+
+
+def main():
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["tracking"]["uri"]
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    digest = results_hash(sm.input.science)
+    try:
+        exp = experiment_id(client, uri)
+        found = find_parent(client, exp, digest)
+        if found is None:
+            parent, logged = log_study(client, exp, digest), True
+        else:
+            parent, logged = found.info.run_id, False
+        if target == "reproduce":
+            logged = log_reproduce(client, exp, parent)
+    except Exception as error:
+        sys.exit(
+            f"track: logging to the MLflow tracking store {uri} failed: "
+            f"{type(error).__name__}: {error}\n"
+            "The study's results are kept under results/. Make the tracking server reachable "
+            "(or point MLFLOW_TRACKING_URI at one that is), then run the same snakemake command "
+            "again: only the track rule runs, and the run is logged once."
+        )
+    print(f"track: {'logged' if logged else 'already logged'}: run {parent} in {uri}")
+    study.write_json(
+        sm.output[0],
+        {"tracking_uri": uri, "experiment_id": exp, "run_id": parent, "results_hash": digest},
+    )
+
+
+main()
