@@ -121,16 +121,19 @@ def plot_posterior(draws, names=None, prob=0.95, kind="hdi"):
     return fig
 
 
-def plot_difference(post, quantity, reference=0.0, prob=0.95, label="difference"):
+def plot_difference(post, quantity, reference=0.0, prob=0.95, label=None):
     """The seed's figure for a difference (e.g. of group means): its histogram, the
     probability that it is below `reference` with its MCSE, and its `prob` equal-tailed
-    interval. `quantity`: a parameter name or a function of `p` as in `Posterior.derive`."""
+    interval. `quantity`: a parameter name or a function of `p` as in `Posterior.derive`;
+    `label`: its name on the figure (by default the parameter's name, or "difference")."""
     if isinstance(quantity, str):
-        name, label = quantity, quantity
+        name = quantity
+        label = label or name
 
         def quantity(p):
             return getattr(p, name)
 
+    label = label or "difference"
     x = _numpy(quantity(DrawsView(post.draws)))
     if x.shape != post.shape:
         raise ValueError(f"plot_difference needs a scalar quantity, got draws shaped {x.shape}")

@@ -153,10 +153,10 @@ class Posterior:
         energy = self.stats["energy"].numpy()
         return np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1, ddof=1)
 
-    def warnings(self, prob=0.95):
+    def warnings(self):
         """What a user must not ignore, one message each: R-hat above 1.01, bulk ESS below 100
         per chain, any divergence, draws that hit the maximum tree depth, E-BFMI below 0.3."""
-        table = self.summary(prob)
+        table = self.summary()
         out = []
         high = table.index[~(table["r_hat"] <= MAX_R_HAT)]
         if len(high):

@@ -17,7 +17,7 @@ from bayeslib.sampling import sample
 @pytest.fixture(scope="module")
 def run():
     model, truth = Best.simulate(seed=1)
-    post = sample(model, chains=4, warmup=200, draws=200, seed=0, progress=False)
+    post = sample(model, chains=4, warmup=150, draws=150, seed=0, init="map", progress=False)
     return model, truth, post
 
 
@@ -73,6 +73,8 @@ def test_difference_shows_the_probability_and_interval(run, tmp_path):
     assert f"{low:.3f}" in texts and f"{high:.3f}" in texts
     named = plots.plot_difference(post.derive(d=diff), "d")
     assert named.axes[0].get_title() == ax.get_title().replace("mu2 - mu1", "d")
+    relabelled = plots.plot_difference(post.derive(d=diff), "d", label="mu2 - mu1")
+    assert relabelled.axes[0].get_title() == ax.get_title()
     with pytest.raises(ValueError, match="scalar quantity"):
         plots.plot_difference(post, "mu")
 
