@@ -36,7 +36,7 @@ def ar1(chains, draws, rho, seed=0):
 @pytest.fixture(scope="module")
 def best_run():
     model, _ = Best.simulate(seed=1)
-    return model, sample(model, chains=4, warmup=150, draws=150, seed=0, init="map", progress=False)
+    return model, sample(model, chains=4, warmup=150, draws=250, seed=0, init="map", progress=False)
 
 
 def test_summary_has_a_row_per_flat_name_and_matches_diagnostics():
@@ -204,7 +204,7 @@ def test_to_arviz_with_a_model_feeds_loo(best_run):
     model, post = best_run
     idata = post.to_arviz(model=model)
     assert {"posterior", "sample_stats", "log_likelihood", "observed_data"} <= set(idata.groups())
-    assert idata.log_likelihood["y1"].shape == (4, 150, 20)
+    assert idata.log_likelihood["y1"].shape == (4, 250, 20)
     np.testing.assert_array_equal(idata.observed_data["y2"], model.y2.numpy())
     loo = az.loo(idata, var_name="y1")
     assert np.isfinite(loo.elpd_loo) and loo.n_data_points == 20
