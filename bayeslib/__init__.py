@@ -3,18 +3,25 @@
 from . import constraints
 from .inference import MapResult, find_map
 from .model import Draw, Model, ModelError, Param
-from .posterior import Posterior
+from .posterior import DrawsView, Posterior, Probability
+from .predictive import posterior_predictive, ppc, prior_predictive, replicate_statistics
 from .sampling import sample
 
 __all__ = [
     "Draw",
+    "DrawsView",
     "MapResult",
     "Model",
     "ModelError",
     "Param",
     "Posterior",
+    "Probability",
     "constraints",
     "find_map",
+    "posterior_predictive",
+    "ppc",
+    "prior_predictive",
+    "replicate_statistics",
     "sample",
 ]
 __version__ = "0.1.0"
