@@ -76,6 +76,10 @@ def nuts_step(
     depth = torch.zeros(chains, dtype=torch.int64, device=device)
     n_steps = torch.zeros_like(depth)
     sum_accept = torch.zeros_like(lp0)
+    # Stopping a sub-tree as soon as every chain has left it costs a device sync per leaf:
+    # cheap on the CPU, where small batches often all stop early; on a GPU only the
+    # doublings sync.
+    sync_each_leaf = device.type == "cpu"
 
     for d in range(max_tree_depth):
         right = go_right[d]
@@ -131,7 +135,7 @@ def nuts_step(
             z = torch.where(active_col, z1, z)
             r = torch.where(active_col, r1, r)
             grad = torch.where(active_col, g1, grad)
-            if n + 1 < n_leaves and not bool(sub_active.any()):
+            if sync_each_leaf and n + 1 < n_leaves and not bool(sub_active.any()):
                 break
 
         built = n + 1
