@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 LogDensityAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -18,8 +19,8 @@ def leapfrog(
     """One step for every chain; ``step_size`` is ``[chains, 1]`` (negative to go back in
     time), ``grad`` the gradient of the log density. Returns ``(z, r, lp, grad)``."""
     half = 0.5 * step_size
-    r = r + half * grad
-    z = z + step_size * metric.velocity(r)
+    r = torch.addcmul(r, half, grad)
+    z = torch.addcmul(z, step_size, metric.velocity(r))
     lp, grad = logdensity_and_grad(z)
-    r = r + half * grad
+    r = torch.addcmul(r, half, grad)
     return z, r, lp, grad

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .base import HamiltonianSampler, Info, State, Target
+from .integrators import leapfrog
 from .metrics import is_turning
 
 
@@ -85,7 +86,6 @@ def nuts_step(
         right = go_right[d]
         right_col = right.unsqueeze(-1)
         eps = torch.where(right, step_size, -step_size).unsqueeze(-1)
-        half_eps = 0.5 * eps
         z = torch.where(right_col, z_right, z_left)
         r = torch.where(right_col, r_right, r_left)
         grad = torch.where(right_col, g_right, g_left)
@@ -97,10 +97,7 @@ def nuts_step(
         sub_r_sum = torch.zeros_like(r0)
         sub_active = active
         for n in range(n_leaves):
-            r1 = torch.addcmul(r, half_eps, grad)
-            z1 = torch.addcmul(z, eps, metric.velocity(r1))
-            lp1, g1 = logdensity_and_grad(z1)
-            r1 = torch.addcmul(r1, half_eps, g1)
+            z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
             v1 = metric.velocity(r1)
             leaf_log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
             leaf_log_weight = leaf_log_weight.nan_to_num(-inf, posinf=-inf)
