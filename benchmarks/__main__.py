@@ -22,6 +22,14 @@ from .cases import CASES
 from .runners import RUNNERS
 
 SETTINGS = {
+    "smoke": {
+        "warmup": 150,
+        "draws": 100,
+        "repeats": 1,
+        "scaling": [2, 8],
+        "scaling_warmup": 100,
+        "scaling_draws": 100,
+    },
     "quick": {
         "warmup": 200,
         "draws": 200,
@@ -234,6 +242,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="seconds: checks the harness runs")
     size.add_argument("--quick", action="store_true", help="short runs (the default)")
     size.add_argument("--full", action="store_true", help="1000 + 1000, 3 repeats, 16384 chains")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -246,7 +255,7 @@ def main(argv=None):
         f"numpyro-vectorized (default: all of {', '.join(OURS + PEERS)})",
     )
     args = parser.parse_args(argv)
-    settings = SETTINGS["full" if args.full else "quick"]
+    settings = SETTINGS["full" if args.full else "smoke" if args.smoke else "quick"]
     args.out.mkdir(parents=True, exist_ok=True)
 
     print("comparison (4 chains, float64):")
