@@ -8,6 +8,8 @@ SCENARIOS = {s["name"]: s for s in config["scenarios"]}
 SAMPLERS = {s["name"]: s for s in config["samplers"]}
 REPLICATES = list(range(config["replicates"]))
 PLOT_REPLICATES = REPLICATES[: config["plot_replicates"]]
+# Declared on sample jobs with device: cuda, so that a cluster executor places them on a GPU node.
+GPU_RESOURCES = {"gpu": 1, "gpu_manufacturer": "nvidia"} if config["device"] == "cuda" else {}
 PLOT_KINDS = ["trace", "rank", "posterior", "forest", "ppc", "sampler", "question"]
 
 

@@ -1,6 +1,7 @@
 rule sample:
     input:
         data="results/data/{scenario}/{replicate}.npz",
+        map="results/map/{scenario}/{replicate}.json",
     output:
         "results/posterior/{scenario}/{replicate}/{sampler}.npz",
     params:
@@ -12,9 +13,8 @@ rule sample:
         init=config["init"],
     threads: 1
     resources:
-        # Declared so that a cluster executor places the job on a GPU node.
-        gpu=1 if config["device"] == "cuda" else 0,
         mem_mb=2000,
+        **GPU_RESOURCES,
     log:
         "results/logs/sample/{scenario}/{replicate}/{sampler}.log",
     benchmark:

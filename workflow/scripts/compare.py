@@ -79,7 +79,10 @@ def numbers(path):
             for key in npz.files:
                 value = npz[key]
                 if value.dtype.kind in "US":
-                    out.update(leaves(json.loads(str(value)), key))
+                    try:
+                        out.update(leaves(json.loads(str(value)), key))
+                    except ValueError:  # a plain string, such as the format tag
+                        continue
                 elif not skipped(key):
                     out[key] = value.astype(np.float64).ravel()
         return out

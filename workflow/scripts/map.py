@@ -17,6 +17,7 @@ for data_path, path in zip(sm.input, sm.output, strict=True):
     result = bl.find_map(model, seed=seed)
     out = {
         "params": study.flat(result.params),
+        "values": {name: value.tolist() for name, value in result.params.items()},
         "truth": study.flat(truth),
         "log_density": result.log_density,
         "converged": result.converged,

@@ -1,6 +1,8 @@
 """sample: many chains of one sampler, as one vectorised job, on one data set."""
 
+import json
 import sys
+from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 import study  # noqa: E402
@@ -17,6 +19,10 @@ model = study.fitted_model(scenario, data)
 seed = study.derive_seed(
     sm.params.seed, "sample", scenario["name"], meta["replicate"], sampler["name"]
 )
+init = sm.params.init
+if init == "map":
+    mode = json.loads(Path(sm.input.map).read_text())["values"]
+    init = study.around_mode(model, mode, sampler["chains"], seed)
 post = bl.sample(
     model,
     sampler=sampler["name"],
@@ -27,7 +33,7 @@ post = bl.sample(
     seed=seed,
     device=sm.params.device,
     dtype=sm.params.dtype,
-    init=sm.params.init,
+    init=init,
     progress=False,
     **sampler["options"],
 )

@@ -1,0 +1,232 @@
+"""The Snakemake pipeline, run for real through its command line on the tiny test config."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import bayeslib as bl
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+# The test config's fits: best with both samplers, linear with Metropolis only, 2 replicates.
+FITS = [
+    ("best", 0, "metropolis"),
+    ("best", 0, "nuts"),
+    ("best", 1, "metropolis"),
+    ("best", 1, "nuts"),
+    ("linear", 0, "metropolis"),
+    ("linear", 1, "metropolis"),
+]
+PLANNED_JOBS = {
+    "simulate": 2,
+    "map": 2,
+    "sample": 6,
+    "analyze": 3,
+    "recovery": 1,
+    "report": 1,
+    "track": 1,
+    "all": 1,
+}
+
+
+def snakemake(workdir, *args, config=TEST_CONFIG, env=None, timeout=600):
+    """Run snakemake on this repository's Snakefile in `workdir`; (returncode, output)."""
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *args,
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def planned_jobs(output):
+    """{rule: count} from the job table snakemake prints for a run or dry run."""
+    lines = output[output.index("Job stats:") :].splitlines()[3:]
+    jobs = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def mlflow_runs(workdir):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/results/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name("bayeslib-recovery")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    code, output = snakemake(workdir)
+    assert code == 0, output
+    assert planned_jobs(output) == PLANNED_JOBS
+    return workdir
+
+
+def test_every_output_exists_and_is_valid(study):
+    code, output = snakemake(study, "--summary")
+    assert code == 0, output
+    rows = [line.split("\t") for line in output.splitlines() if line.startswith("results/")]
+    outputs = [Path(study, row[0]) for row in rows]
+    assert len(outputs) > 40
+    for path in outputs:
+        assert path.is_file() and path.stat().st_size > 0, path
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            assert len(pd.read_csv(path)) > 0, path
+    for scenario, replicate, sampler in FITS:
+        post = bl.Posterior.load(study / f"results/posterior/{scenario}/{replicate}/{sampler}.npz")
+        assert post.attrs["scenario"] == scenario and post.attrs["device"] == "cpu"
+    fits = pd.read_csv(study / "results/report/fits.csv")
+    assert len(fits) == len(FITS)
+    best = fits[fits.scenario == "best"]
+    assert best["p_difference_below_0"].between(0, 1).all()
+    assert (best["difference_low"] < best["difference_high"]).all()
+    linear = fits[fits.scenario == "linear"]
+    assert (linear["y_new_low"] < linear["y_new_mean"]).all()
+    assert (linear["y_new_mean"] < linear["y_new_high"]).all()
+    recovery = pd.read_csv(study / "results/recovery/recovery.csv")
+    assert len(recovery) == 2 * 4 + 4  # best: 2 samplers x 4 parameters; linear: 4 parameters
+    assert json.loads((study / "results/recovery/check.json").read_text())["passed"]
+    assert {"s", "max_rss"} <= set(
+        pd.read_csv(study / "results/benchmarks/sample/best/0/nuts.tsv", sep="\t").columns
+    )
+
+
+def test_mlflow_holds_one_parent_run_with_a_nested_run_per_fit(study):
+    client, runs = mlflow_runs(study)
+    parents = [r for r in runs if r.data.tags.get("bayeslib.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == len(FITS)
+    parent = parents[0]
+    assert parent.data.tags["bayeslib.complete"] == "true"
+    assert parent.data.tags["device"] == "cpu"
+    assert parent.data.tags["version.torch"]
+    assert parent.data.params["samplers.nuts.chains"] == "4"
+    assert parent.data.metrics["recovery.passed"] == 1
+    assert "recovery.best.nuts.mu_0.coverage_0.95" in parent.data.metrics
+    assert parent.data.metrics["benchmark.sample.s"] > 0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "recovery")}
+    assert "recovery/recovery.csv" in artifacts and "recovery/ranks.png" in artifacts
+    # Artifacts live inside the project, not in ./mlruns of the working directory.
+    assert parent.info.artifact_uri.startswith((study / "results/mlflow/artifacts").as_uri())
+    assert not (study / "mlruns").exists()
+    names = {r.data.tags["mlflow.runName"]: r for r in children}
+    assert set(names) == {f"{s}/{r}/{m}" for s, r, m in FITS}
+    child = names["best/0/nuts"]
+    assert child.data.params["sampler"] == "nuts"
+    assert {"r_hat_max", "ess_bulk_min", "mu_0.r_hat", "ess_bulk_per_second"} <= set(
+        child.data.metrics
+    )
+    plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+    assert "plots/forest.png" in plots
+
+
+def test_second_invocation_does_nothing_and_tracking_never_duplicates(study):
+    code, output = snakemake(study, "-n")
+    assert code == 0 and "Nothing to be done" in output, output
+    code, output = snakemake(study, "--forcerun", "track")
+    assert code == 0 and "already logged" in output, output
+    _, runs = mlflow_runs(study)
+    assert len(runs) == 1 + len(FITS)
+
+
+def test_report_is_one_self_contained_html_file(study):
+    code, output = snakemake(study, "--report", "results/report.html")
+    assert code == 0, output
+    html = (study / "results/report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert "data:image/png;base64" in html or "base64" in html
+
+
+def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path):
+    workdir = tmp_path / "study"
+    shutil.copytree(study, workdir, symlinks=True)
+    code, output = snakemake(workdir, "reproduce")
+    assert code == 0, output
+    verdict = json.loads((workdir / "results/reproduce/verdict.json").read_text())
+    assert verdict["mode"] == "identical" and verdict["identical"] and verdict["passed"]
+    assert verdict["numbers_compared"] > 1000 and verdict["numbers_different"] == 0
+    client, runs = mlflow_runs(workdir)
+    parent = next(r for r in runs if r.data.tags.get("bayeslib.role") == "study")
+    assert parent.data.metrics["reproduce.passed"] == 1
+    assert len(runs) == 1 + len(FITS)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"samplers": [{"name": "gibbs", "chains": 4, "warmup": 10, "draws": 10}]}, "gibbs"),
+        ({"samplers": [{"name": "nuts", "chains": 0, "warmup": 10, "draws": 10}]}, "chains"),
+        ({"scenarios": [{"name": "best", "model": "best", "n1": -5}]}, "n1"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, change, key):
+    config = yaml.safe_load(TEST_CONFIG.read_text()) | change
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, output = snakemake(tmp_path, config=path)
+    assert code != 0
+    assert "Error validating config file" in output and key in output, output
+    assert not (tmp_path / "results").exists()
+
+
+def test_profiles_parse_and_plan_the_study(tmp_path):
+    for name in ("default", "slurm", "kubernetes"):
+        profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
+        assert isinstance(profile, dict) and profile
+    slurm = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert slurm["executor"] == "slurm" and "slurm_partition" in slurm["default-resources"]
+    code, output = snakemake(tmp_path, "-n")
+    assert code == 0, output
+    assert planned_jobs(output) == PLANNED_JOBS
+    # With the SLURM profile (its executor plugin is a registry install away), the same plan.
+    pytest.importorskip(
+        "snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm"
+    )
+    code, output = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles/slurm"))
+    assert code == 0, output
+    assert planned_jobs(output) == PLANNED_JOBS
+
+
+def test_default_study_plans_every_fit():
+    code, output = snakemake(ROOT, "-n", "--forceall", config=ROOT / "config/config.yaml")
+    assert code == 0, output
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    replicates, scenarios = config["replicates"], len(config["scenarios"])
+    jobs = planned_jobs(output)
+    assert jobs["sample"] == replicates * scenarios * len(config["samplers"])
+    assert jobs["simulate"] == jobs["map"] == scenarios
+    assert jobs["analyze"] == scenarios * len(config["samplers"])
