@@ -18,6 +18,8 @@ rule compare:
         "results/logs/compare.log",
     conda:
         "../envs/bayeslib.yaml"
+    benchmark:
+        "results/benchmarks/compare.tsv"
     script:
         "../scripts/compare.py"
 

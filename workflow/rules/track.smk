@@ -19,5 +19,7 @@ rule track:
         "results/logs/track/{target}.log",
     conda:
         "../envs/bayeslib.yaml"
+    benchmark:
+        "results/benchmarks/track/{target}.tsv"
     script:
         "../scripts/track.py"
