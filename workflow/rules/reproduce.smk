@@ -13,7 +13,7 @@ rule compare:
         config=config,
         snakefile=workflow.main_snakefile,
         science=science_files(),
-    threads: workflow.cores
+    threads: lambda wildcards: workflow.cores
     log:
         "results/logs/compare.log",
     conda:

@@ -163,6 +163,7 @@ def log_study(client, exp, digest):
         values["benchmark.total_s"] = bench["s"].sum()
         for rule, rows in bench.groupby("rule"):
             values[f"benchmark.{rule}.s"] = rows["s"].sum()
+            values[f"benchmark.{rule}.cpu_s"] = rows["cpu_time"].sum()
             values[f"benchmark.{rule}.max_rss_mb"] = rows["max_rss"].max()
     batch = metrics(values, now)
     for i in range(0, len(params), 100):
