@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from filelock import FileLock
 
 import bayeslib as bl
 
@@ -82,12 +83,32 @@ def mlflow_runs(workdir):
     return client, client.search_runs([experiment.experiment_id])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
+    """One tiny study, run once for all pytest-xdist workers; tests that change it copy it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return run_study(tmp_path_factory.mktemp("study"))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, common to its workers
+    workdir = shared / "pipeline-study"
+    with FileLock(str(shared / "pipeline-study.lock")):
+        if not (shared / "pipeline-study.done").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            run_study(workdir)
+            (shared / "pipeline-study.done").touch()
+    return workdir
+
+
+def run_study(workdir):
     code, output = snakemake(workdir)
     assert code == 0, output
     assert planned_jobs(output) == PLANNED_JOBS
+    return workdir
+
+
+def copy_of(study, tmp_path):
+    workdir = tmp_path / "study"
+    shutil.copytree(study, workdir, symlinks=True)
     return workdir
 
 
@@ -153,7 +174,8 @@ def test_mlflow_holds_one_parent_run_with_a_nested_run_per_fit(study):
     assert "plots/forest.png" in plots
 
 
-def test_second_invocation_does_nothing_and_tracking_never_duplicates(study):
+def test_second_invocation_does_nothing_and_tracking_never_duplicates(study, tmp_path):
+    study = copy_of(study, tmp_path)
     code, output = snakemake(study, "-n")
     assert code == 0 and "Nothing to be done" in output, output
     code, output = snakemake(study, "--forcerun", "track")
@@ -162,7 +184,8 @@ def test_second_invocation_does_nothing_and_tracking_never_duplicates(study):
     assert len(runs) == 1 + len(FITS)
 
 
-def test_report_is_one_self_contained_html_file(study):
+def test_report_is_one_self_contained_html_file(study, tmp_path):
+    study = copy_of(study, tmp_path)
     code, output = snakemake(study, "--report", "results/report.html")
     assert code == 0, output
     html = (study / "results/report.html").read_text()
@@ -171,8 +194,7 @@ def test_report_is_one_self_contained_html_file(study):
 
 
 def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path):
-    workdir = tmp_path / "study"
-    shutil.copytree(study, workdir, symlinks=True)
+    workdir = copy_of(study, tmp_path)
     code, output = snakemake(workdir, "reproduce")
     assert code == 0, output
     verdict = json.loads((workdir / "results/reproduce/verdict.json").read_text())
