@@ -1,5 +1,6 @@
 """Point estimates: the posterior mode (MAP)."""
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -7,6 +8,9 @@ import torch
 from .model import Model, ModelError
 
 METHODS = ("lbfgs", "adam")
+# Fresh random starts tried when an optimisation from a random start ends where the log
+# density is not finite (a line search that stepped to where a scale underflows to zero).
+ATTEMPTS = 10
 
 
 @dataclass
@@ -43,9 +47,28 @@ def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"find_map: max_iter must be a positive int, not {max_iter!r}.")
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    z = model.init_z(1, init, generator)
-    model.check_logdensity(z, jacobian=False)
-    z = z[0].clone().requires_grad_(True)
+    random_start = isinstance(init, str) and init in ("uniform", "prior")
+    for _ in range(ATTEMPTS if random_start else 1):
+        z = model.init_z(1, init, generator)
+        model.check_logdensity(z, jacobian=False)
+        z, log_density, grad, iterations = _optimise(model, z[0], method, max_iter, lr, gtol)
+        finite = math.isfinite(log_density) and bool(torch.isfinite(grad).all())
+        if finite:
+            break
+    params = {name: value[0] for name, value in model.constrain(z[None]).items()}
+    if not finite:
+        raise ModelError(
+            f"Model '{model.name}': the optimiser reached a point where the log density is "
+            f"{log_density} ({params}); the posterior may be improper or unbounded there."
+        )
+    grad_max = float(grad.abs().max()) if grad.numel() else 0.0
+    converged = grad_max <= gtol * max(1.0, abs(log_density))
+    return MapResult(params, z, log_density, converged, iterations, grad_max, method)
+
+
+def _optimise(model, z, method, max_iter, lr, gtol):
+    """From unconstrained `z`: (z, log density, its gradient, iterations) where it stopped."""
+    z = z.clone().requires_grad_(True)
 
     def objective():
         return -model.logdensity(z[None], jacobian=False)[0]
@@ -55,17 +78,7 @@ def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr
     else:
         iterations = _adam(objective, z, max_iter, lr, gtol)
     log_density, grad = _value_and_grad(objective, z)
-    z = z.detach()
-    grad_max = float(grad.abs().max()) if grad.numel() else 0.0
-    finite = bool(torch.isfinite(torch.tensor(log_density)))
-    converged = finite and grad_max <= gtol * max(1.0, abs(log_density))
-    params = {name: value[0] for name, value in model.constrain(z[None]).items()}
-    if not finite:
-        raise ModelError(
-            f"Model '{model.name}': the optimiser reached a point where the log density is "
-            f"{log_density} ({params}); the posterior may be improper or unbounded there."
-        )
-    return MapResult(params, z, log_density, converged, iterations, grad_max, method)
+    return z.detach(), log_density, grad, iterations
 
 
 def _value_and_grad(objective, z):

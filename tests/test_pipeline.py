@@ -234,10 +234,7 @@ def test_profiles_parse_and_plan_the_study(tmp_path):
     code, output = snakemake(tmp_path, "-n")
     assert code == 0, output
     assert planned_jobs(output) == PLANNED_JOBS
-    # With the SLURM profile (its executor plugin is a registry install away), the same plan.
-    pytest.importorskip(
-        "snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm"
-    )
+    # With the SLURM profile (its executor plugin is in the workflow extra), the same plan.
     code, output = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles/slurm"))
     assert code == 0, output
     assert planned_jobs(output) == PLANNED_JOBS
