@@ -3,18 +3,16 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from filelock import FileLock
+from snakemake_cli import ROOT, run_snakemake
 
 import bayeslib as bl
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 # The test config's fits: best with both samplers, linear with Metropolis only, 2 replicates.
 FITS = [
@@ -38,29 +36,7 @@ PLANNED_JOBS = {
 
 
 def snakemake(workdir, *args, config=TEST_CONFIG, env=None, timeout=600):
-    """Run snakemake on this repository's Snakefile in `workdir`; (returncode, output)."""
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        *args,
-    ]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return done.returncode, done.stdout + done.stderr
+    return run_snakemake(workdir, config, *args, env=env, timeout=timeout)
 
 
 def planned_jobs(output):

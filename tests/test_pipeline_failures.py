@@ -5,37 +5,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import yaml
+from snakemake_cli import run_snakemake, snakemake_command
 
 import bayeslib as bl
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def command(workdir, config, *args):
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        *args,
-    ]
-
 
 def snakemake(workdir, config, *args):
-    done = subprocess.run(command(workdir, config, *args), capture_output=True, text=True)
-    return done.returncode, done.stdout + done.stderr
+    return run_snakemake(workdir, config, *args)
 
 
 def write_config(path, scenario, sampler, replicates, strict=True):
@@ -80,7 +59,7 @@ def test_killed_sampling_job_is_redone_and_never_taken_as_a_result(tmp_path):
     target = "results/posterior/best/0/metropolis.npz"
     log = tmp_path / "results/logs/sample/best/0/metropolis.log"
     process = subprocess.Popen(
-        command(tmp_path, config, target),
+        snakemake_command(tmp_path, config, target),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
+from snakemake_cli import run_snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
     "seed": 3,
     "replicates": 2,
@@ -31,26 +30,7 @@ def free_port():
 
 
 def snakemake(workdir, uri, *args):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "2",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )
-    return done.returncode, done.stdout + done.stderr
+    return run_snakemake(workdir, workdir / "config.yaml", *args, env={"MLFLOW_TRACKING_URI": uri})
 
 
 @pytest.fixture
