@@ -193,6 +193,16 @@ class _Slot:
     transform: Transform | None  # static bijection; None when it depends on other parameters
     support: constraints.Constraint | None  # static support; None when it depends on others
 
+    def prior_at(self, p):
+        """The prior given the parameters declared above, in `p` (None: flat)."""
+        return self.prior if self.prior_fn is None else self.prior_fn(p)
+
+    def support_at(self, p, prior):
+        """The support given the parameters declared above, in `p`, and the prior there."""
+        if self.support is not None:
+            return self.support
+        return self.support_fn(p) if self.support_fn else prior.support
+
 
 @contextlib.contextmanager
 def _validation(enabled):
@@ -471,10 +481,10 @@ class Model(metaclass=ModelMeta):
         lp = z.new_zeros(batch_shape)
         for s in self._slots:
             u = z[..., s.start : s.stop].reshape(batch_shape + s.unconstrained_shape)
-            prior = s.prior if s.prior_fn is None else s.prior_fn(p)
+            prior = s.prior_at(p)
             transform = s.transform
             if transform is None:
-                transform = biject_to(s.support_fn(p) if s.support_fn else prior.support)
+                transform = biject_to(s.support_at(p, prior))
             x = transform(u)
             p.__dict__[s.name] = x
             if prior is not None:
@@ -511,9 +521,7 @@ class Model(metaclass=ModelMeta):
         p, parts, inside = Draw(self), [], []
         for s in self._slots:
             x = values[s.name]
-            support = s.support
-            if support is None:
-                support = s.support_fn(p) if s.support_fn else s.prior_fn(p).support
+            support = s.support_at(p, s.prior_at(p))
             p.__dict__[s.name] = x
             batch_shape = x.shape[: x.ndim - len(s.shape)]
             parts.append(biject_to(support).inv(x).reshape(batch_shape + (-1,)))
@@ -664,7 +672,7 @@ class Model(metaclass=ModelMeta):
             for _ in range(draws):  # not a hot path: callable priors are written for one draw
                 p = Draw(self)
                 for s in self._slots:
-                    prior = s.prior if s.prior_fn is None else s.prior_fn(p)
+                    prior = s.prior_at(p)
                     if prior is None:
                         raise ModelError(
                             f"Model '{self.name}': '{s.name}' has a flat (improper) prior, which "
