@@ -10,6 +10,7 @@ from .inference import find_map
 from .model import Model
 from .posterior import Posterior
 from .samplers import Sampler, Target, make_sampler
+from .tracing import make_target
 
 # Fresh starts tried for chains whose random start has a non-finite log density (as Stan).
 INIT_ATTEMPTS = 100
@@ -31,6 +32,7 @@ def sample(
     dtype=None,
     init="uniform",
     progress: bool = True,
+    traced: bool = True,
     **sampler_options,
 ) -> Posterior:
     """Draw from the posterior of `model` with `chains` chains advancing together.
@@ -48,6 +50,9 @@ def sample(
         (the posterior mode, jittered per chain), or {name: constrained values}.
     progress: a progress bar on stderr (when it is a terminal) with the acceptance rate and,
         for HMC and NUTS, divergences and the mean step size.
+    traced: run the log density as a traced graph of tensor operations (`bayeslib.tracing`),
+        several times faster than the model's Python code on a few chains; False runs the
+        model's code on every call. A model that cannot be traced runs its code, with a warning.
     """
     if not isinstance(model, Model):
         raise TypeError(f"sample needs a bl.Model, not {type(model).__name__}")
@@ -62,8 +67,8 @@ def sample(
 
     model = model.to(device=device, dtype=dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    target = Target(model.logdensity_and_grad, model.logdensity)
     z = initial_positions(model, chains, init, generator, seed, kernel.needs_grad)
+    target = make_target(model, z, kernel.needs_grad, traced)
 
     run = run_chains(kernel, target, z, generator, warmup, draws, thin, progress)
     attrs = {

@@ -17,6 +17,7 @@ from bayeslib.samplers import (
     find_reasonable_step_size,
     leapfrog,
     make_metric,
+    pooled,
 )
 from bayeslib.samplers.base import State
 from bayeslib.samplers.nuts import checkpoint_indices
@@ -187,19 +188,44 @@ def test_build_schedule_as_stan():
     assert build_schedule(19).window_ends == frozenset()
 
 
-def test_welford_matches_numpy_with_stans_regularisation():
+def test_welford_matches_numpy_with_scale_aware_regularisation():
+    """Stan's shrinkage toward 1e-3 I, with I in the posterior's scale (the geometric mean of
+    the variances): the same relative regularisation whatever the units."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(50, 3, 2, generator=g, dtype=DTYPE) * torch.tensor([1.0, 3.0], dtype=DTYPE)
-    dense, diagonal = (Welford(3, 2, d, DTYPE, "cpu") for d in (True, False))
-    for row in x:
-        dense.update(row)
-        diagonal.update(row)
     n = 50
-    for chain in range(3):
-        cov = torch.from_numpy(np.cov(x[:, chain].numpy(), rowvar=False))
-        expected = (n / (n + 5)) * cov + 1e-3 * (5 / (n + 5)) * torch.eye(2, dtype=DTYPE)
-        torch.testing.assert_close(dense.covariance()[chain], expected)
-        torch.testing.assert_close(diagonal.covariance()[chain], expected.diagonal())
+    for units in (1.0, 1e-4):
+        dense, diagonal = (Welford(3, 2, d, DTYPE, "cpu") for d in (True, False))
+        for row in x * units:
+            dense.update(row)
+            diagonal.update(row)
+        for chain in range(3):
+            cov = torch.from_numpy(np.cov((x[:, chain] * units).numpy(), rowvar=False))
+            scale = cov.diagonal().log().mean().exp()
+            eye = torch.eye(2, dtype=DTYPE)
+            expected = (n / (n + 5)) * cov + 1e-3 * (5 / (n + 5)) * scale * eye
+            torch.testing.assert_close(dense.covariance()[chain], expected)
+            torch.testing.assert_close(diagonal.covariance()[chain], expected.diagonal())
+
+
+def test_pooled_covariance_is_shared_and_robust_to_a_lost_chain():
+    """Chains share one estimate: geometric mean of the variances, mean of the correlations.
+    A chain with a 1e6 times larger spread moves the shared scale by (1e6)**(1/4), not 1e6/4."""
+    correlations = torch.tensor([0.5, 0.7, 0.3, 0.5], dtype=DTYPE)
+    variances = torch.tensor([[1.0, 4.0], [1.0, 4.0], [1.0, 4.0], [1e6, 4e6]], dtype=DTYPE)
+    sd = variances.sqrt()
+    dense = torch.stack(
+        [
+            torch.tensor([[1.0, c], [c, 1.0]], dtype=DTYPE) * s.outer(s)
+            for c, s in zip(correlations, sd, strict=True)
+        ]
+    )
+    shared = pooled(dense)
+    scale = torch.tensor([1.0, 2.0], dtype=DTYPE) * 1e6 ** (1 / 8)
+    expected = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=DTYPE) * scale.outer(scale)
+    for chain in range(4):
+        torch.testing.assert_close(shared[chain], expected)
+    torch.testing.assert_close(pooled(variances), (scale**2).expand(4, 2))
 
 
 def test_dual_averaging_ignores_a_nan_statistic_as_a_rejection():

@@ -2,7 +2,7 @@
 
 import inspect
 
-from .adaptation import DualAveraging, Welford, WindowAdaptation, build_schedule
+from .adaptation import DualAveraging, Welford, WindowAdaptation, build_schedule, pooled
 from .base import HamiltonianSampler, Info, Sampler, State, Target, find_reasonable_step_size
 from .hmc import HMC, hmc_step
 from .integrators import leapfrog
@@ -51,6 +51,7 @@ __all__ = [
     "State",
     "Target",
     "Welford",
+    "pooled",
     "WindowAdaptation",
     "build_schedule",
     "find_reasonable_step_size",

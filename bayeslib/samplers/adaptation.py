@@ -1,7 +1,8 @@
 """Warmup adaptation, kept apart from the kernels: dual averaging of a step size (or a
 proposal scale), Welford estimates of the posterior (co)variance, and Stan's windows.
 
-All of it is batched over chains: each chain adapts its own step size and metric.
+All of it is batched over chains: each chain adapts its own step size; the metric is
+estimated from every chain's draws and shared.
 """
 
 import math
@@ -64,16 +65,36 @@ class Welford:
             self.m2 += delta * (z - self.mean)
 
     def covariance(self) -> Tensor:
-        """Stan's regularised estimate: shrunk toward ``1e-3`` times the identity."""
+        """Stan's regularised estimate, shrunk toward ``1e-3`` times the identity, but with
+        the identity measured in the posterior's own scale (the geometric mean of the
+        variances): Stan's absolute ``1e-3`` swamps posteriors with standard deviations
+        near 0.01 and below (coefficients under wide uniform priors, for one)."""
         n = self.n
         cov = self.m2 / max(n - 1, 1)
-        shrinkage = 1e-3 * (5.0 / (n + 5.0))
+        variances = cov.diagonal(dim1=-2, dim2=-1) if self.dense else cov
+        scale = variances.clamp(min=torch.finfo(cov.dtype).tiny).log().mean(-1).exp()
+        shrinkage = (1e-3 * (5.0 / (n + 5.0)) * scale).unsqueeze(-1)
         if self.dense:
             eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            cov = (n / (n + 5.0)) * 0.5 * (cov + cov.mT) + shrinkage * eye
+            cov = (n / (n + 5.0)) * 0.5 * (cov + cov.mT) + shrinkage.unsqueeze(-1) * eye
         else:
             cov = (n / (n + 5.0)) * cov + shrinkage
         return cov
+
+
+def pooled(covariance: Tensor) -> Tensor:
+    """Every chain's estimate (``[chains, dim]`` variances or ``[chains, dim, dim]``) replaced
+    by one learnt from all chains: the geometric mean of their variances, and for a dense
+    estimate the mean of their correlation matrices. The geometric mean keeps a chain still
+    lost in a flat tail early in warmup, with a huge spread, from setting everyone's scale.
+    Warmup only, so detailed balance holds while sampling."""
+    if covariance.dim() == 2:
+        return covariance.log().mean(0, keepdim=True).exp().expand_as(covariance).clone()
+    sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+    correlation = (covariance / (sd.unsqueeze(-1) * sd.unsqueeze(-2))).mean(0)
+    scale = sd.log().mean(0).exp()
+    shared = scale.unsqueeze(-1) * correlation * scale.unsqueeze(-2)
+    return shared.expand_as(covariance).clone()
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,6 @@ class WindowAdaptation:
         if self.schedule.start <= i < self.schedule.end:
             self.welford.update(z)
             if i in self.schedule.window_ends:
-                covariance = self.welford.covariance()
+                covariance = pooled(self.welford.covariance())
                 self.welford = Welford(*self.dims)
         return value, covariance

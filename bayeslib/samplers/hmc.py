@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .base import HamiltonianSampler, Info, State, Target, clean_logdensity
 from .integrators import leapfrog
+from .nuts import nuts_step
 
 
 def hmc_step(
@@ -67,7 +68,12 @@ def hmc_step(
 
 
 class HMC(HamiltonianSampler):
-    """Static HMC with a jittered trajectory length and Stan's windowed warmup.
+    """Static HMC with a jittered trajectory length, after Stan's windowed warmup.
+
+    Warmup takes NUTS transitions: a fixed trajectory length means nothing before the metric
+    has learnt the posterior's scale (a posterior with standard deviation 0.005 under the
+    initial unit metric would take hundreds of leapfrog steps per iteration), while NUTS
+    finds its own length. Step size and metric adapt exactly as for NUTS; the draws are HMC's.
 
     Options: ``trajectory_length`` (2.0, in the units of the adapted metric, where the
     posterior has roughly unit scale), ``max_steps`` (1024 leapfrog steps per iteration),
@@ -95,7 +101,25 @@ class HMC(HamiltonianSampler):
         self.trajectory_length = float(trajectory_length)
         self.max_steps = max_steps
 
+    def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
+        super().setup(target, state, generator, warmup)
+        self.warming_up = warmup > 0
+
+    def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
+        super().adapt(generator, i, state, info)
+        self.warming_up = i + 1 < self.adaptation.warmup
+
     def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
+        if self.warming_up:
+            state, info = nuts_step(
+                generator,
+                state,
+                self.target,
+                self.step_size,
+                self.metric,
+                max_delta_energy=self.max_delta_energy,
+            )
+            return state, info._replace(tree_depth=None)
         return hmc_step(
             generator,
             state,
