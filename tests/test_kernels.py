@@ -264,3 +264,16 @@ def test_find_reasonable_step_size_scales_with_the_posterior():
     step = find_reasonable_step_size(g, State(z, lp, grad), target, torch.ones(3), metric)
     ratio = step / scales
     assert ((ratio > 0.1) & (ratio < 8.0)).all(), ratio
+
+
+@pytest.mark.parametrize("dim, dense", [(3, True), (10, True), (11, False)])
+def test_dense_mass_by_default_up_to_ten_dimensions(dim, dense):
+    target = gaussian_target(torch.eye(dim, dtype=DTYPE))
+    z = torch.zeros(2, dim, dtype=DTYPE)
+    for sampler in (NUTS(), HMC()):
+        sampler.setup(target, sampler.init_state(target, z), torch.Generator(), warmup=100)
+        assert sampler.dense_mass is dense
+        assert sampler.metric.inverse_mass_matrix.shape == ((2, dim, dim) if dense else (2, dim))
+    forced = NUTS(dense_mass=False)
+    forced.setup(target, forced.init_state(target, z), torch.Generator(), warmup=100)
+    assert forced.metric.inverse_mass_matrix.shape == (2, dim)

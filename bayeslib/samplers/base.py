@@ -78,6 +78,12 @@ class Sampler:
         return State(z, clean_logdensity(target.logdensity(z)), None)
 
 
+# dense_mass=None: a dense metric up to this many unconstrained dimensions, where the full
+# covariance is cheap and well estimated from warmup, and it removes the correlations that
+# make a diagonal metric take long trajectories; a diagonal one above.
+DENSE_MASS_MAX_DIM = 10
+
+
 class HamiltonianSampler(Sampler):
     """Shared by HMC and NUTS: a metric (diagonal or dense) and a step size per chain, both
     adapted during warmup as Stan does it."""
@@ -88,7 +94,7 @@ class HamiltonianSampler(Sampler):
         self,
         step_size: float = 1.0,
         target_accept: float = 0.8,
-        dense_mass: bool = False,
+        dense_mass: bool | None = None,
         inverse_mass_matrix=None,
     ):
         if not step_size > 0:
@@ -97,13 +103,20 @@ class HamiltonianSampler(Sampler):
             raise ValueError(f"target_accept must lie in (0, 1), got {target_accept}")
         self.initial_step_size = float(step_size)
         self.target_accept = float(target_accept)
-        self.dense_mass = bool(dense_mass)
+        if dense_mass not in (None, True, False):
+            raise ValueError(f"dense_mass must be True, False or None (auto), got {dense_mass!r}")
+        self.dense_mass_option = dense_mass
         self.initial_inverse_mass_matrix = inverse_mass_matrix
 
     def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
         self.target = target
         z = state.position
         chains, dim = z.shape
+        self.dense_mass = self.dense_mass_option
+        if self.dense_mass is None:
+            given = self.initial_inverse_mass_matrix
+            given_dense = given is not None and torch.as_tensor(given).dim() == 2
+            self.dense_mass = given_dense or dim <= DENSE_MASS_MAX_DIM
         self.step_size = torch.full(
             (chains,), self.initial_step_size, dtype=z.dtype, device=z.device
         )

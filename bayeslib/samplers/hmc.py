@@ -70,10 +70,11 @@ def hmc_step(
 class HMC(HamiltonianSampler):
     """Static HMC with a jittered trajectory length, after Stan's windowed warmup.
 
-    Warmup takes NUTS transitions: a fixed trajectory length means nothing before the metric
-    has learnt the posterior's scale (a posterior with standard deviation 0.005 under the
-    initial unit metric would take hundreds of leapfrog steps per iteration), while NUTS
-    finds its own length. Step size and metric adapt exactly as for NUTS; the draws are HMC's.
+    Warmup takes NUTS transitions until the first metric window closes: a fixed trajectory
+    length means nothing before the metric has learnt the posterior's scale (a posterior with
+    standard deviation 0.005 under the initial unit metric would take hundreds of leapfrog
+    steps per iteration), while NUTS finds its own length. Step size and metric adapt as for
+    NUTS; the rest of warmup and the draws are HMC's.
 
     Options: ``trajectory_length`` (2.0, in the units of the adapted metric, where the
     posterior has roughly unit scale), ``max_steps`` (1024 leapfrog steps per iteration),
@@ -88,7 +89,7 @@ class HMC(HamiltonianSampler):
         self,
         step_size: float = 1.0,
         target_accept: float = 0.8,
-        dense_mass: bool = False,
+        dense_mass: bool | None = None,
         inverse_mass_matrix=None,
         trajectory_length: float = 2.0,
         max_steps: int = 1024,
@@ -103,14 +104,16 @@ class HMC(HamiltonianSampler):
 
     def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
         super().setup(target, state, generator, warmup)
-        self.warming_up = warmup > 0
+        ends = self.adaptation.schedule.window_ends if warmup > 0 else ()
+        self.first_metric_update = min(ends, default=-1)
+        self.metric_unknown = bool(ends)
 
     def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
         super().adapt(generator, i, state, info)
-        self.warming_up = i + 1 < self.adaptation.warmup
+        self.metric_unknown &= i < self.first_metric_update
 
     def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
-        if self.warming_up:
+        if self.metric_unknown:
             state, info = nuts_step(
                 generator,
                 state,

@@ -186,8 +186,8 @@ class NUTS(HamiltonianSampler):
     """The No-U-Turn sampler with Stan's windowed warmup.
 
     Options: ``step_size`` (initial; adapted during warmup), ``target_accept`` (0.8),
-    ``dense_mass`` (False), ``inverse_mass_matrix`` (initial; identity), ``max_tree_depth``
-    (10).
+    ``dense_mass`` (None: a dense metric up to 10 dimensions, else diagonal),
+    ``inverse_mass_matrix`` (initial; identity), ``max_tree_depth`` (10).
     """
 
     name = "nuts"
@@ -197,7 +197,7 @@ class NUTS(HamiltonianSampler):
         self,
         step_size: float = 1.0,
         target_accept: float = 0.8,
-        dense_mass: bool = False,
+        dense_mass: bool | None = None,
         inverse_mass_matrix=None,
         max_tree_depth: int = 10,
     ):
