@@ -2,22 +2,26 @@
 
 A model's Python code (its `Draw`, the distributions it builds, `vmap`'s batching rules,
 autograd's bookkeeping) costs far more per call than the arithmetic on a handful of chains.
-Tracing runs that code once, with `make_fx`, and records the ATen operations it issues,
-forward and backward. Operations that touch only the data and constants are then computed
-once (constant folding), repeated ones are shared, and unused ones dropped. The graph is
-replayed on every call. It is specialised to one batch shape, dtype and device, which is what
-a sampler uses for its whole run.
+Tracing runs that code once under a dispatch mode that records every ATen operation it
+issues, forward and backward, into an FX graph. Operations that touch only the data and
+constants are then computed once (constant folding), operations that return their input are
+dropped, repeated ones shared, unused ones removed, and the graph is written back as one
+straight-line Python function, replayed on every call. It is specialised to one batch shape,
+dtype and device, which is what a sampler uses for its whole run.
 
-Code whose control flow depends on parameter values cannot be traced (`make_fx` refuses
-it); the caller then keeps the model's own code.
+Code whose control flow depends on parameter values (`if`, `.item()`) cannot be traced: a
+Python value read from a tensor is refused, and the caller keeps the model's own code.
+(`make_fx` records the same way, but importing it costs about a second per process.)
 """
 
 import math
+import operator
 import warnings
 
 import torch
-from torch.fx import GraphModule, Node
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx import Graph, GraphModule, Node
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .samplers.base import Target
 
@@ -27,14 +31,10 @@ class TracingError(RuntimeError):
 
 
 def trace(fn, *examples: torch.Tensor):
-    """`fn` (tensors -> tensors) traced at `examples`, simplified, and written back as one
-    straight-line Python function of tensor operations."""
-    try:
-        # Functionalised: in-place writes become plain operations, so folding is safe.
-        graph_module = make_fx(torch.func.functionalize(fn))(*examples)
-    except Exception as error:
-        raise TracingError(f"{type(error).__name__}: {error}") from error
-    values = _record(graph_module, examples)
+    """`fn` (tensors -> a tensor or tuple of tensors) traced at `examples`, simplified, and
+    written back as one straight-line Python function of tensor operations."""
+    graph_module = record(fn, *examples)
+    values = _values(graph_module, examples)
     simplify(graph_module, values)
     return to_python(graph_module, values)
 
@@ -48,20 +48,105 @@ def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool =
     def logdensity(z):
         return model.logdensity(z, jacobian)
 
-    def summed(z):
-        lp = logdensity(z)
-        return lp.sum(), lp
-
-    grad_and_value = torch.func.grad_and_value(summed, has_aux=True)
-
     def logdensity_and_grad(z):
-        g, (_, lp) = grad_and_value(z)
-        return lp, g
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            lp = model.logdensity(z, jacobian)
+            (g,) = torch.autograd.grad(lp.sum(), z)
+        return lp.detach(), g
 
     eager = model.logdensity_and_grad if grad else model.logdensity
     traced = trace(logdensity_and_grad if grad else logdensity, z)
     _check_same(eager, traced, z, jacobian)
     return traced
+
+
+# ----- recording
+
+
+class _Recorder(TorchDispatchMode):
+    """Runs every ATen operation as usual and keeps (op, args, kwargs, result)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # Nothing is compiled while recording; the default wraps __torch_dispatch__ in
+        # torch._dynamo.disable, whose import alone takes about a second.
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls.append((func, args, kwargs, out))
+        return out
+
+
+def record(fn, *examples: torch.Tensor) -> GraphModule:
+    """The ATen operations `fn(*examples)` runs, as an FX graph of `examples`. Tensors that no
+    recorded operation made are constants (the data, numbers). In-place writes become plain
+    operations where nothing else shares the written tensor's memory."""
+    inputs = [e.detach().clone() for e in examples]
+    recorder = _Recorder()
+    try:
+        with recorder:
+            result = fn(*inputs)
+    except Exception as error:
+        raise TracingError(f"{type(error).__name__}: {error}") from error
+    calls = recorder.calls
+    for func, *_, out in calls:
+        if not all(isinstance(x, torch.Tensor) for x in tree_flatten(out)[0]):
+            raise TracingError(
+                f"{func} reads a Python value out of a tensor: control flow on parameter "
+                "values (if, .item()) cannot be traced"
+            )
+
+    root, graph, nodes = torch.nn.Module(), Graph(), {}
+    for i, tensor in enumerate(inputs):
+        nodes[id(tensor)] = graph.placeholder(f"z{i}")
+
+    def as_node(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in nodes:
+            name = f"_constant_{len(nodes)}"
+            root.register_buffer(name, value)
+            nodes[id(value)] = graph.get_attr(name)
+        return nodes[id(value)]
+
+    for i, (func, args, kwargs, out) in enumerate(calls):
+        if func._schema.is_mutable:
+            made_here = id(args[0]) in nodes and nodes[id(args[0])].op == "call_function"
+            func = _functional(func, args, calls[i + 1 :], made_here)
+        node = graph.call_function(func, tree_map(as_node, args), tree_map(as_node, kwargs))
+        if isinstance(out, tuple | list):
+            for k, item in enumerate(out):
+                nodes[id(item)] = graph.call_function(operator.getitem, (node, k))
+        else:
+            nodes[id(out)] = node
+    graph.output(tree_map(as_node, result))
+    return GraphModule(root, graph)
+
+
+def _functional(func, args, later_calls, made_here):
+    """The out-of-place twin of an in-place op (`mul_` -> `mul`), when the written tensor is
+    an intermediate result (`made_here`) that no other tensor views."""
+    written = args[0]
+    name, overload = func._schema.name.split("::")[-1], func._overloadname
+    twin = getattr(getattr(torch.ops.aten, name.rstrip("_"), None), overload, None)
+    if twin is None or twin._schema.is_mutable or not isinstance(written, torch.Tensor):
+        raise TracingError(f"{func} writes in place and has no out-of-place form")
+    if not made_here:
+        raise TracingError(f"{func} writes into the input or the data")
+    storage = written.untyped_storage().data_ptr()
+    for _, later_args, later_kwargs, _ in later_calls:
+        for t in tree_flatten((later_args, later_kwargs))[0]:
+            if isinstance(t, torch.Tensor) and t is not written:
+                if t.untyped_storage().data_ptr() == storage:
+                    raise TracingError(f"{func} writes into a tensor that another one views")
+    return twin
 
 
 def _check_same(eager, traced, z, jacobian):
@@ -112,18 +197,19 @@ def simplify(graph_module: GraphModule, values: dict) -> None:
     graph_module.recompile()
 
 
-class _Recorder(torch.fx.Interpreter):
+class _Interpreter(torch.fx.Interpreter):
     def run_node(self, node):
         value = super().run_node(node)
         self.values[node] = value
         return value
 
 
-def _record(graph_module, examples) -> dict:
-    recorder = _Recorder(graph_module)
-    recorder.values = {}
-    recorder.run(*examples)
-    return recorder.values
+def _values(graph_module, examples) -> dict:
+    """Every node's value when the graph runs on `examples`."""
+    interpreter = _Interpreter(graph_module)
+    interpreter.values = {}
+    interpreter.run(*examples)
+    return interpreter.values
 
 
 def _is_op(node: Node) -> bool:
