@@ -49,7 +49,7 @@ SETTINGS = {
 }
 OURS = ["bayeslib-metropolis", "bayeslib-hmc", "bayeslib-nuts"]
 PEERS = ["numpyro-vectorized", "numpyro-sequential", "pyro-nuts", "seed-metropolis"]
-SCALING = ["bayeslib-metropolis", "bayeslib-nuts", "numpyro-vectorized"]
+SCALING = ["bayeslib-metropolis", "bayeslib-hmc", "bayeslib-nuts", "numpyro-vectorized"]
 NUMPYRO_MAX_CHAINS = 1024
 
 

@@ -277,3 +277,21 @@ def test_dense_mass_by_default_up_to_ten_dimensions(dim, dense):
     forced = NUTS(dense_mass=False)
     forced.setup(target, forced.init_state(target, z), torch.Generator(), warmup=100)
     assert forced.metric.inverse_mass_matrix.shape == (2, dim)
+
+
+def test_chains_share_the_adapted_step_size_so_hmc_chains_move_in_step():
+    """One step size for all chains, steered by their mean acceptance: HMC's chains then take
+    the same number of leapfrog steps (one jitter per iteration), none waiting for another."""
+    from bayeslib.sampling import run_chains
+
+    target = gaussian_target(torch.diag(torch.tensor([1.0, 4.0], dtype=DTYPE)))
+    g = torch.Generator().manual_seed(0)
+    z0 = 4 * torch.rand(6, 2, generator=g, dtype=DTYPE) - 2
+    for sampler in (NUTS(), HMC(), RandomWalkMetropolis()):
+        run = run_chains(sampler, target, z0, g, 200, 50)
+        step = run.stats["step_size"]
+        assert torch.equal(step, step[:1].expand_as(step))
+        if sampler.name == "hmc":
+            n_steps = run.stats["n_steps"]
+            assert torch.equal(n_steps, n_steps[:1].expand_as(n_steps))
+            assert n_steps.unique().numel() > 1  # jittered from one iteration to the next

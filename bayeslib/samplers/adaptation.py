@@ -1,8 +1,10 @@
 """Warmup adaptation, kept apart from the kernels: dual averaging of a step size (or a
 proposal scale), Welford estimates of the posterior (co)variance, and Stan's windows.
 
-All of it is batched over chains: each chain adapts its own step size; the metric is
-estimated from every chain's draws and shared.
+All of it is batched over chains, and learnt from all of them: the chains share one step
+size (or proposal scale), steered by their mean acceptance, and one metric, estimated from
+every chain's draws. With a shared step size no chain waits, masked, for another's longer
+trajectory, and many chains adapt faster and less noisily than one.
 """
 
 import math
@@ -158,12 +160,16 @@ class WindowAdaptation:
         self.dims = (chains, dim, dense, dtype, device)
 
     def restart(self, value: Tensor) -> None:
+        """Start the dual averaging again from the geometric mean of the chains' `value`s."""
+        value = value.log().mean().exp().expand_as(value).clone()
         self.dual_averaging.restart(value, (self.mu_factor * value).log())
 
     def update(self, i: int, z: Tensor, statistic: Tensor) -> tuple[Tensor, Tensor | None]:
         """Feed iteration ``i``; returns the next value, and a new covariance when a window
-        has just closed (else None)."""
-        value = self.dual_averaging.update(statistic)
+        has just closed (else None). The value follows the chains' mean statistic, so all
+        chains share it."""
+        statistic = statistic.clamp(max=1.0).nan_to_num(0.0)
+        value = self.dual_averaging.update(statistic.mean().expand_as(statistic))
         if i == self.warmup - 1:
             value = self.dual_averaging.final()
         covariance = None

@@ -21,14 +21,16 @@ def hmc_step(
     max_delta_energy: float = 1000.0,
 ) -> tuple[State, Info]:
     """One HMC transition for every chain. Each chain integrates for a time drawn uniformly
-    from ``[0.5, 1.5] * trajectory_length`` (jitter avoids periodic trajectories), so the
-    number of leapfrog steps differs between chains; a chain that has done its steps waits,
-    masked, for the others."""
+    from ``[0.5, 1.5] * trajectory_length`` (jitter avoids periodic trajectories), the same
+    draw for all chains; a chain whose larger step size needs fewer steps waits, masked, for
+    the others."""
     z0, lp0, grad0 = state
     chains = z0.shape[0]
     r0 = metric.sample_momentum(generator, z0)
     h0 = metric.kinetic_energy(r0) - lp0
-    uniforms = torch.rand(2, chains, generator=generator, dtype=z0.dtype, device=z0.device)
+    # One jitter for all chains: chains with the same step size then take the same number
+    # of steps, and none waits, masked, for another's longer trajectory.
+    uniforms = torch.rand(chains + 1, generator=generator, dtype=z0.dtype, device=z0.device)
     n_steps = torch.ceil((0.5 + uniforms[0]) * trajectory_length / step_size)
     n_steps = n_steps.clamp(1, max_steps).to(torch.int64)
     fewest, most = (int(v) for v in torch.aminmax(n_steps))
@@ -51,7 +53,7 @@ def hmc_step(
     h = metric.kinetic_energy(r) - lp
     delta = (h - h0).nan_to_num(math.inf)
     acceptance_rate = torch.exp(-delta).clamp(max=1.0)
-    accept = uniforms[1] < acceptance_rate
+    accept = uniforms[1:] < acceptance_rate
     accept_col = accept.unsqueeze(-1)
     new_state = State(
         torch.where(accept_col, z, z0),
