@@ -136,8 +136,8 @@ def build_schedule(
 class WindowAdaptation:
     """Step size by dual averaging and a (co)variance estimate over Stan's windows.
 
-    The sampler reads ``value`` (its step size or proposal scale, per chain) and, after each
-    window, receives a new covariance through ``on_covariance``.
+    The sampler reads ``value`` (its step size or proposal scale, one per chain and equal
+    across chains) and, after each window, receives a new covariance.
     """
 
     def __init__(

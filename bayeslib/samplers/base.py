@@ -85,8 +85,8 @@ DENSE_MASS_MAX_DIM = 10
 
 
 class HamiltonianSampler(Sampler):
-    """Shared by HMC and NUTS: a metric (diagonal or dense) and a step size per chain, both
-    adapted during warmup as Stan does it."""
+    """Shared by HMC and NUTS: a metric (diagonal or dense) and a step size, held per chain
+    (equal across chains after `WindowAdaptation`) and adapted during warmup as Stan does it."""
 
     max_delta_energy = 1000.0
 

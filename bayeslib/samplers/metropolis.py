@@ -38,10 +38,10 @@ def rwm_step(
 
 
 class RandomWalkMetropolis(Sampler):
-    """Random-walk Metropolis. During warmup only, each chain's proposal scale is steered by
-    dual averaging toward ``target_accept`` (0.234; 0.44 in one dimension) and the proposal
-    covariance is estimated from its warmup draws over Stan's windows; both are then fixed,
-    so the draws come from a valid Metropolis chain.
+    """Random-walk Metropolis. During warmup only, the proposal scale (shared by the chains)
+    is steered by dual averaging toward ``target_accept`` (0.234; 0.44 in one dimension) and
+    the proposal covariance is estimated from the chains' warmup draws over Stan's windows;
+    both are then fixed, so the draws come from a valid Metropolis chain.
 
     Options: ``target_accept``, ``dense_covariance`` (True: learn the full covariance, else
     the variances only), ``scale`` (initial; ``2.38 / sqrt(dim)``).
