@@ -263,6 +263,7 @@ _SAME_WHEN_SAME_LAYOUT = {
     _aten._unsafe_view.default,
     _aten.expand.default,
     _aten.alias.default,
+    _aten.detach.default,
     _aten.clone.default,
     _aten._to_copy.default,
 }
