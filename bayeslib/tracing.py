@@ -14,6 +14,7 @@ Python value read from a tensor is refused, and the caller keeps the model's own
 (`make_fx` records the same way, but importing it costs about a second per process.)
 """
 
+import functools
 import math
 import operator
 import warnings
@@ -45,19 +46,11 @@ def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool =
     (`model.logdensity`). Raises `TracingError` when the model cannot be traced or the trace
     does not reproduce the model at `z`."""
 
-    def logdensity(z):
-        return model.logdensity(z, jacobian)
-
-    def logdensity_and_grad(z):
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            lp = model.logdensity(z, jacobian)
-            (g,) = torch.autograd.grad(lp.sum(), z)
-        return lp.detach(), g
-
-    eager = model.logdensity_and_grad if grad else model.logdensity
-    traced = trace(logdensity_and_grad if grad else logdensity, z)
-    _check_same(eager, traced, z, jacobian)
+    eager = functools.partial(
+        model.logdensity_and_grad if grad else model.logdensity, jacobian=jacobian
+    )
+    traced = trace(eager, z)
+    _check_same(eager, traced, z)
     return traced
 
 
@@ -149,9 +142,8 @@ def _functional(func, args, later_calls, made_here):
     return twin
 
 
-def _check_same(eager, traced, z, jacobian):
-    kwargs = {} if jacobian else {"jacobian": False}
-    expected, got = eager(z, **kwargs), traced(z)
+def _check_same(eager, traced, z):
+    expected, got = eager(z), traced(z)
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = got if isinstance(got, tuple) else (got,)
     for e, g in zip(expected, got, strict=True):
