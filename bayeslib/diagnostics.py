@@ -25,6 +25,7 @@ __all__ = [
     "mcse_mean",
     "mcse_sd",
     "rhat",
+    "rhat_nested",
     "summary",
 ]
 
@@ -216,6 +217,42 @@ def rhat(x):
 
     NaN with fewer than 2 chains or 4 draws, any NaN draw, or constant draws."""
     return _apply(_rhat, x, min_chains=2)
+
+
+def rhat_nested(x, superchains: int):
+    """Nested R-hat of Margossian, Hoffman, Sountsov, Riou-Durand, Vehtari and Gelman (2024),
+    "Nested R-hat: assessing the convergence of MCMC when running many short chains", computed
+    as R's ``posterior::rhat_nested``.
+
+    The ``chains`` of ``x`` form ``superchains`` groups of M = chains // superchains
+    consecutive chains (superchain k holds chains ``k*M .. (k+1)*M - 1``), each group started
+    from one point. Returns ``sqrt(1 + nB / nW)``: nB is the variance of the superchain means,
+    nW the mean over superchains of their chains' mean variance plus the variance of their
+    chains' means. A float for scalar parameters, else an array of ``shape``. NaN with fewer
+    than 2 superchains, any NaN or infinite draw, or constant draws.
+
+    With M = 1 it is ``sqrt(classic R-hat ** 2 + 1 / draws)`` of the unsplit chains, not the
+    classic R-hat itself (footnote 3 of the paper). One stuck chain among M can raise it to at
+    most ``sqrt(1 + 1 / M)``."""
+    a, shape = _as_draws(x)
+    p, chains, draws = a.shape
+    if superchains < 1 or chains % superchains:
+        raise ValueError(
+            f"rhat_nested: superchains={superchains} must divide the {chains} chains evenly"
+        )
+    if superchains < 2:
+        return _to_output(np.full(p, np.nan), shape)
+    nested = a.reshape(p, superchains, chains // superchains, draws)
+    chain_mean = nested.mean(axis=3)
+    zero = np.zeros((p, superchains))
+    within = nested.var(axis=3, ddof=1).mean(axis=2) if draws > 1 else zero
+    between = chain_mean.var(axis=2, ddof=1) if chains > superchains else zero
+    between_superchains = chain_mean.mean(axis=2).var(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.sqrt(1.0 + between_superchains / (within + between).mean(axis=1))
+    constant = (a.max(axis=(1, 2)) - a.min(axis=(1, 2))) < np.finfo(np.float64).eps
+    invalid = ~np.isfinite(a).all(axis=(1, 2)) | constant
+    return _to_output(np.where(invalid, np.nan, values), shape)
 
 
 def ess_bulk(x):

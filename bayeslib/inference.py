@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import Model, ModelError
+from .stacked import Stacked
 
 METHODS = ("lbfgs", "adam")
 # Fresh random starts tried when an optimisation from a random start ends where the log
@@ -20,7 +21,12 @@ class MapResult:
     params: {name: constrained value `[*shape]`}; z: the same point, unconstrained `[dim]`;
     log_density: log p(theta, y) there, up to a constant, without the Jacobian (the density of
     the constrained parameters); converged: whether the gradient vanished (max |grad| <= gtol)
-    within max_iter; grad_max: that final max |grad| in unconstrained coordinates.
+    within max_iter; grad_max: that final max |grad| in unconstrained coordinates;
+    covariance: the Laplace approximation's covariance in unconstrained space, `[dim, dim]`:
+    the inverse of minus the Hessian of the log density that samplers see (with the Jacobian)
+    at `z`; None where that Hessian is not negative definite or the optimiser did not converge
+    (no mode to approximate around). `bl.sample(init=result)` starts chains and scales its
+    proposals from it.
     """
 
     params: dict
@@ -30,6 +36,7 @@ class MapResult:
     iterations: int
     grad_max: float
     method: str
+    covariance: torch.Tensor | None = None
 
 
 def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr=0.05, seed=0):
@@ -39,7 +46,10 @@ def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr
     method: 'lbfgs' (strong Wolfe line search; the default) or 'adam' (learning rate `lr`).
     init: a start as for `Model.init_z` ('uniform', 'zeros', 'prior' or {name: value}).
     gtol: convergence when max |d log p / dz| <= gtol * max(1, |log p|).
+    A stack of data sets (`bl.stack`) gives a list with one `MapResult` per data set.
     """
+    if isinstance(model, Stacked):
+        return _find_map_stacked(model, init, method, max_iter, gtol, lr, seed)
     if not isinstance(model, Model):
         raise TypeError(f"find_map needs a bl.Model, not {type(model).__name__}.")
     if method not in METHODS:
@@ -63,7 +73,98 @@ def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr
         )
     grad_max = float(grad.abs().max()) if grad.numel() else 0.0
     converged = grad_max <= gtol * max(1.0, abs(log_density))
-    return MapResult(params, z, log_density, converged, iterations, grad_max, method)
+    covariance, usable = laplace_covariance(model, z[None])
+    covariance = covariance[0] if converged and bool(usable[0]) else None
+    return MapResult(params, z, log_density, converged, iterations, grad_max, method, covariance)
+
+
+def laplace_covariance(model, z):
+    """The inverse of minus the Hessian of `model`'s log density (with the Jacobian, as
+    samplers see it) at each row of `z` ``[n, dim]``: ``[n, dim, dim]``, and ``[n]`` whether
+    each row's Hessian is finite and negative definite (where not, its covariance is
+    meaningless)."""
+    _, _, hessian = log_density_hessian(model, z)
+    precision = -0.5 * (hessian + hessian.mT)
+    chol, info = torch.linalg.cholesky_ex(precision)
+    usable = (info == 0) & torch.isfinite(chol).all(-1).all(-1)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+    chol = torch.where(usable[:, None, None], chol, eye)
+    return torch.cholesky_inverse(chol), usable
+
+
+def log_density_hessian(model, z, jacobian=True):
+    """Log density, gradient and Hessian at each row of `z` ``[n, dim]``: ``[n]``,
+    ``[n, dim]``, ``[n, dim, dim]`` (rows are independent chains, so one backward pass per
+    coordinate gives every row's Hessian)."""
+    with torch.enable_grad():
+        z = z.detach().clone().requires_grad_(True)
+        lp = model.logdensity(z, jacobian)
+        (grad,) = torch.autograd.grad(lp.sum(), z, create_graph=True)
+        rows = [
+            torch.autograd.grad(grad[:, i].sum(), z, retain_graph=True)[0]
+            for i in range(z.shape[1])
+        ]
+    return lp.detach(), grad.detach(), torch.stack(rows, dim=1).detach()
+
+
+def _find_map_stacked(stacked, init, method, max_iter, gtol, lr, seed):
+    """One `MapResult` per data set. All data sets climb together by damped Newton steps
+    (Levenberg-Marquardt, each data set with its own damping), cheap for the small dimensions
+    of models fitted to many data sets; a data set where that does not converge is
+    optimised alone by `find_map`."""
+    generator = torch.Generator(device=stacked.device).manual_seed(seed)
+    z = stacked.init_z(1, init, generator)
+    z, converged = _newton(stacked, z, max_iter, gtol)
+    lp, grad = stacked.logdensity_and_grad(z, jacobian=False)
+    params = stacked.constrain(z)
+    covariance, usable = laplace_covariance(stacked, z)
+    results = []
+    for r, model in enumerate(stacked.models):
+        if not converged[r]:
+            results.append(find_map(model, init, method, max_iter, gtol, lr, seed + r))
+            continue
+        result = MapResult(
+            {name: value[r] for name, value in params.items()},
+            z[r],
+            float(lp[r]),
+            True,
+            converged[r],
+            float(grad[r].abs().max()) if grad.shape[1] else 0.0,
+            "newton",
+            covariance[r] if bool(usable[r]) else None,
+        )
+        results.append(result)
+    return results
+
+
+def _newton(model, z, max_iter, gtol):
+    """Damped Newton ascent of the density without the Jacobian from `z` ``[datasets, dim]``;
+    returns the end points and, per data set, the iteration at which it converged (0: not)."""
+    damping = torch.full((z.shape[0],), 1e-3, dtype=z.dtype, device=z.device)
+    converged = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    lp, grad, hessian = log_density_hessian(model, z, jacobian=False)
+    for iteration in range(1, max_iter + 1):
+        done = grad.abs().amax(-1) <= gtol * lp.abs().clamp(min=1.0)
+        converged = torch.where(done & (converged == 0), iteration, converged)
+        if bool(done.all()) or not bool(torch.isfinite(lp).all()):
+            break
+        matrix = (
+            -hessian
+            + damping[:, None, None] * (1.0 + hessian.diagonal(0, -2, -1).abs().unsqueeze(-1)) * eye
+        )
+        chol, info = torch.linalg.cholesky_ex(matrix)
+        step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
+        ok = (info == 0) & ~done
+        trial = torch.where(ok.unsqueeze(-1), z + step, z)
+        lp_trial, grad_trial, hessian_trial = log_density_hessian(model, trial, jacobian=False)
+        better = ok & (lp_trial.nan_to_num(-math.inf) >= lp) & torch.isfinite(grad_trial).all(-1)
+        z = torch.where(better.unsqueeze(-1), trial, z)
+        lp = torch.where(better, lp_trial, lp)
+        grad = torch.where(better.unsqueeze(-1), grad_trial, grad)
+        hessian = torch.where(better[:, None, None], hessian_trial, hessian)
+        damping = torch.where(better, damping / 10, damping * 10).clamp(1e-12, 1e12)
+    return z, converged.tolist()
 
 
 def _optimise(model, z, method, max_iter, lr, gtol):

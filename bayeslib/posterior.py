@@ -15,9 +15,11 @@ from .diagnostics import flat_names
 
 FORMAT = "bayeslib.posterior/1"
 
-# What `Posterior.warnings` flags, after Vehtari et al. (2021) and Betancourt (2016).
+# What `Posterior.warnings` flags, after Vehtari et al. (2021), Margossian et al. (2024) and
+# Betancourt (2016): R-hat (nested R-hat for superchains of many short chains) above 1.01,
+# bulk or tail ESS of all chains together below 400, E-BFMI below 0.3.
 MAX_R_HAT = 1.01
-MIN_ESS_PER_CHAIN = 100
+MIN_ESS = 400
 MIN_E_BFMI = 0.3
 # NUTS's max_tree_depth when a run's attrs do not record it (the sampler's default).
 DEFAULT_MAX_TREE_DEPTH = 10
@@ -86,8 +88,53 @@ class Posterior:
 
     @property
     def shape(self):
-        """(chains, draws)."""
+        """(chains, draws): every data set's chains together for a stack."""
         return tuple(next(iter(self.draws.values())).shape[:2])
+
+    @property
+    def datasets(self):
+        """How many data sets the chains belong to (`bl.stack`); 1 for one model."""
+        return int(self.attrs.get("datasets", 1))
+
+    @property
+    def superchains(self):
+        """Starting points per data set; chains sharing one form a superchain."""
+        return int(self.attrs.get("superchains", self.chains // self.datasets))
+
+    def by_dataset(self, name):
+        """A parameter's draws ``[datasets, chains, draws, *shape]`` (chains per data set)."""
+        value = self[name]
+        return value.reshape(self.datasets, -1, *value.shape[1:])
+
+    def stats_by_dataset(self, name):
+        """A sampler statistic ``[datasets, chains, draws]``."""
+        value = self.stats[name]
+        return value.reshape(self.datasets, -1, *value.shape[1:])
+
+    def dataset(self, index):
+        """The Posterior of data set `index` alone (its chains, statistics and warmup)."""
+        if not 0 <= index < self.datasets:
+            raise IndexError(f"data set {index} is not in 0..{self.datasets - 1}")
+        chains = self.chains // self.datasets
+        part = slice(index * chains, (index + 1) * chains)
+
+        def pick(values):
+            return {name: value[part] for name, value in values.items()} if values else None
+
+        attrs = {**self.attrs, "datasets": 1, "dataset": index}
+        if isinstance(self.attrs.get("step_size"), list) and self.datasets > 1:
+            attrs["step_size"] = [self.attrs["step_size"][index]]
+        return Posterior(
+            pick(self.draws), pick(self.stats), pick(self.warmup), pick(self.warmup_stats), attrs
+        )
+
+    def _single(self, what):
+        if self.datasets > 1:
+            raise ValueError(
+                f"{what}: this posterior holds {self.datasets} data sets; use "
+                f"post.dataset(r).{what}() for one, or bayeslib.calibration.fit_checks(post) "
+                "for every data set's convergence checks."
+            )
 
     @property
     def chains(self):
@@ -118,8 +165,23 @@ class Posterior:
     def summary(self, prob=0.95):
         """One row per flat parameter name (`mu[0]`): mean, sd, median, `prob` equal-tailed
         (eti_low, eti_high) and highest-density (hdi_low, hdi_high) intervals, mcse_mean,
-        mcse_sd, ess_bulk, ess_tail, r_hat. Sampler statistics: `sampler_summary()`."""
-        return diagnostics.summary(self.draws, prob)
+        mcse_sd, ess_bulk, ess_tail, r_hat, and r_hat_nested where superchains hold several
+        chains each. Sampler statistics: `sampler_summary()`."""
+        self._single("summary")
+        table = diagnostics.summary(self.draws, prob)
+        if self._nested:
+            table["r_hat_nested"] = np.concatenate(
+                [
+                    np.ravel(diagnostics.rhat_nested(value, self.superchains))
+                    for value in self.draws.values()
+                ]
+            )
+        return table
+
+    @property
+    def _nested(self):
+        """Whether nested R-hat applies: two or more superchains of two or more chains each."""
+        return 2 <= self.superchains < self.chains // self.datasets
 
     def sampler_summary(self):
         """What the sampler reports over all draws: divergences, mean acceptance rate, mean
@@ -154,23 +216,27 @@ class Posterior:
         return np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1, ddof=1)
 
     def warnings(self):
-        """What a user must not ignore, one message each: R-hat above 1.01, bulk ESS below 100
-        per chain, any divergence, draws that hit the maximum tree depth, E-BFMI below 0.3."""
+        """What a user must not ignore, one message each: R-hat above 1.01 (nested R-hat where
+        superchains hold several chains: the split R-hat of many short chains sits above 1.01
+        even when they have converged), bulk or tail ESS of all chains below 400, any
+        divergence, draws that hit the maximum tree depth, E-BFMI below 0.3."""
+        self._single("warnings")
         table = self.summary()
         out = []
-        high = table.index[~(table["r_hat"] <= MAX_R_HAT)]
+        column = "r_hat_nested" if self._nested else "r_hat"
+        high = table.index[~(table[column] <= MAX_R_HAT)]
         if len(high):
             out.append(
-                f"r_hat > {MAX_R_HAT} (or undefined) for {_listing(table.loc[high, 'r_hat'])}: "
-                "the chains disagree; run longer or reparameterise."
+                f"{column} > {MAX_R_HAT} (or undefined) for "
+                f"{_listing(table.loc[high, column])}: the chains disagree; run longer or "
+                "reparameterise."
             )
-        min_ess = MIN_ESS_PER_CHAIN * self.chains
-        low = table.index[~(table["ess_bulk"] >= min_ess)]
-        if len(low):
-            out.append(
-                f"ess_bulk < {min_ess} ({MIN_ESS_PER_CHAIN} per chain) for "
-                f"{_listing(table.loc[low, 'ess_bulk'], '.0f')}: draw more."
-            )
+        for kind in ("ess_bulk", "ess_tail"):
+            low = table.index[~(table[kind] >= MIN_ESS)]
+            if len(low):
+                out.append(
+                    f"{kind} < {MIN_ESS} for {_listing(table.loc[low, kind], '.0f')}: draw more."
+                )
         draws = self.chains * self.num_draws
         if "diverging" in self.stats and self.stats["diverging"].any():
             n = int(self.stats["diverging"].sum())

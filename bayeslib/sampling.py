@@ -6,16 +6,28 @@ from typing import NamedTuple
 
 import torch
 
-from .inference import find_map
+from .inference import MapResult, find_map
 from .model import Model
 from .posterior import Posterior
 from .samplers import Sampler, Target, make_sampler
+from .samplers.adaptation import restart_stragglers
+from .stacked import Stacked
 from .tracing import make_target
 
 # Fresh starts tried for chains whose random start has a non-finite log density (as Stan).
 INIT_ATTEMPTS = 100
-# How far each chain starts from the mode with init="map" (uniform, unconstrained space).
+# Starts from a mode are drawn from its Laplace approximation with the standard deviations
+# widened this much: over-dispersed, as convergence checks across chains want them.
+MODE_DISPERSION = 2.0
+# Where a mode has no usable curvature: how far each start lies from it (uniform, unconstrained).
 MAP_JITTER = 0.1
+# superchains=None: this many superchains when a data set has at least MANY_CHAINS chains
+# (and they divide evenly), else every chain starts on its own.
+DEFAULT_SUPERCHAINS = 4
+MANY_CHAINS = 16
+# In the first half of warmup, every this many iterations, chains far below their data set's
+# others restart from one of those (see `restart_stragglers`).
+RESTART_INTERVAL = 25
 # Seconds between progress-bar refreshes (statistics are read from the device only then).
 PROGRESS_INTERVAL = 0.5
 
@@ -31,11 +43,16 @@ def sample(
     device="cpu",
     dtype=None,
     init="uniform",
+    superchains=None,
     progress: bool = True,
     traced: bool = True,
     **sampler_options,
 ) -> Posterior:
     """Draw from the posterior of `model` with `chains` chains advancing together.
+
+    model: a `bl.Model`, or `bl.stack(models)`: many data sets of one model fitted as one
+        batch, `chains` chains each, adapting per data set; the Posterior then holds every
+        data set's chains (`post.datasets`, `post.dataset(r)`, `post.by_dataset(name)`).
 
     sampler: "nuts", "hmc", "metropolis", or a `bayeslib.samplers.Sampler` object;
         `sampler_options` go to its constructor (e.g. `target_accept=0.9`, `dense_mass=True`,
@@ -47,44 +64,70 @@ def sample(
     device: "cpu", "cuda", "cuda:1", or "auto" (CUDA when present).
     dtype: torch.float64 by default; torch.float32 for throughput on a GPU.
     init: "uniform" (Stan's uniform(-2, 2) in unconstrained space), "prior", "zeros", "map"
-        (the posterior mode, jittered per chain), or {name: constrained values}.
+        (find the mode with `find_map`), a `MapResult` (a list of them, one per data set, for a
+        stack), or {name: constrained values}. From a mode, starts are drawn from its Laplace
+        approximation, widened by `MODE_DISPERSION`, and the samplers' proposal covariance or
+        metric starts from its covariance (where the mode has no usable curvature: starts
+        within `MAP_JITTER` of it and a unit metric; `post.attrs["laplace_fallbacks"]` counts
+        those data sets).
+    superchains: the number of distinct starting points per data set; the chains that share
+        one form a superchain, which nested R-hat (`diagnostics.rhat_nested`, for many short
+        chains) compares. None: 4 when there are 16 or more chains (divisible by 4), else one
+        start per chain.
     progress: a progress bar on stderr (when it is a terminal) with the acceptance rate and,
         for HMC and NUTS, divergences and the mean step size.
     traced: run the log density as a traced graph of tensor operations (`bayeslib.tracing`),
         several times faster than the model's Python code on a few chains; False runs the
         model's code on every call. A model that cannot be traced runs its code, with a warning.
     """
-    if not isinstance(model, Model):
-        raise TypeError(f"sample needs a bl.Model, not {type(model).__name__}")
+    if not isinstance(model, Model | Stacked):
+        raise TypeError(f"sample needs a bl.Model or bl.stack(models), not {type(model).__name__}")
     _check_int("chains", chains, 1)
     _check_int("warmup", warmup, 0)
     _check_int("draws", draws, 1)
     _check_int("thin", thin, 1)
     _check_int("seed", seed, 0)
+    superchains = _superchains(chains, superchains)
     kernel = make_sampler(sampler, **sampler_options)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
 
     model = model.to(device=device, dtype=dtype)
+    datasets = model.datasets if isinstance(model, Stacked) else 1
     generator = torch.Generator(device=device).manual_seed(seed)
-    z = initial_positions(model, chains, init, generator, seed, kernel.needs_grad)
-    target = make_target(model, z, kernel.needs_grad, traced)
+    start = initial_positions(model, chains, superchains, init, generator, seed, kernel.needs_grad)
+    target = make_target(model, start.z, kernel.needs_grad, traced)
 
-    run = run_chains(kernel, target, z, generator, warmup, draws, thin, progress)
+    run = run_chains(
+        kernel,
+        target,
+        start.z,
+        generator,
+        warmup,
+        draws,
+        thin,
+        progress,
+        groups=datasets,
+        covariance=start.covariance,
+    )
     attrs = {
         "model": model.name,
         "sampler": kernel.name,
         "seed": seed,
+        "datasets": datasets,
         "chains": chains,
+        "superchains": superchains,
         "warmup": warmup,
         "draws": draws,
         "thin": thin,
-        "init": init if isinstance(init, str) else "given",
+        "init": init if isinstance(init, str) else "map" if start.modes else "given",
+        "laplace_fallbacks": start.laplace_fallbacks,
+        "restarted_chains": run.restarted_chains,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "warmup_time": run.warmup_time,
         "sampling_time": run.sampling_time,
-        "step_size": kernel.step_size.tolist(),
+        "step_size": kernel.step_size.reshape(datasets, -1)[:, 0].tolist(),
     }
     has_warmup = run.warmup_positions.shape[1] > 0
     return Posterior(
@@ -99,7 +142,7 @@ def sample(
 class Chains(NamedTuple):
     """What `run_chains` returns: unconstrained ``positions`` ``[chains, draws, dim]`` and
     ``stats`` ``{name: [chains, draws]}`` (CPU; floats as float64), the same for the kept
-    warmup iterations, and the wall times in seconds."""
+    warmup iterations, the wall times in seconds, and how many chains warmup restarted."""
 
     positions: torch.Tensor
     stats: dict
@@ -107,6 +150,7 @@ class Chains(NamedTuple):
     warmup_stats: dict
     warmup_time: float
     sampling_time: float
+    restarted_chains: int = 0
 
 
 def run_chains(
@@ -118,19 +162,26 @@ def run_chains(
     draws: int,
     thin: int = 1,
     progress: bool = False,
+    groups: int = 1,
+    covariance: torch.Tensor | None = None,
 ) -> Chains:
     """Run `kernel` on any batched log density from starting points `z` ``[chains, dim]``:
     `warmup` adapting iterations, then `draws * thin` iterations keeping every `thin`-th.
-    Warmup states are kept (every `thin`-th) apart from the draws."""
+    Warmup states are kept (every `thin`-th) apart from the draws. `groups` data sets own
+    equal, consecutive blocks of chains and adapt apart; `covariance` ``[chains, dim, dim]``
+    is where the proposal covariance or metric starts (else the identity)."""
     chains, dim = z.shape
     state = kernel.init_state(target, z)
     started = time.perf_counter()
-    kernel.setup(target, state, generator, warmup)
+    kernel.setup(target, state, generator, warmup, groups=groups, covariance=covariance)
     stat_names = ("lp", "step_size", *kernel.stat_names)
     bar = _progress_bar(progress, warmup + draws * thin)
 
     warmup_buffers = _Buffers(warmup // thin, chains, dim, stat_names, z)
-    state = _run(kernel, generator, state, warmup, thin, warmup_buffers, bar, adapt=True)
+    restarts = _Restarts(groups, warmup)
+    state = _run(
+        kernel, generator, state, warmup, thin, warmup_buffers, bar, adapt=True, restarts=restarts
+    )
     _synchronize(z.device)
     warmup_time = time.perf_counter() - started
 
@@ -148,7 +199,22 @@ def run_chains(
         warmup_buffers.stats_by_chain(),
         warmup_time,
         sampling_time,
+        restarts.count,
     )
+
+
+class _Restarts:
+    """When and how warmup restarts stragglers (`restart_stragglers`), and how many it did."""
+
+    def __init__(self, groups, warmup):
+        self.groups, self.until, self.count = groups, warmup // 2, 0
+
+    def __call__(self, generator, i, state):
+        if i >= self.until or (i + 1) % RESTART_INTERVAL:
+            return state
+        state, restarted = restart_stragglers(generator, state, self.groups)
+        self.count += restarted
+        return state
 
 
 def _constrained(model, positions):
@@ -162,7 +228,7 @@ def _constrained(model, positions):
     }
 
 
-def _run(kernel: Sampler, generator, state, iterations, thin, buffers, bar, adapt):
+def _run(kernel: Sampler, generator, state, iterations, thin, buffers, bar, adapt, restarts=None):
     """Advance all chains `iterations` times, keeping every `thin`-th state in `buffers`."""
     if bar is not None:
         bar.set_description("warmup" if adapt else "sampling")
@@ -171,6 +237,7 @@ def _run(kernel: Sampler, generator, state, iterations, thin, buffers, bar, adap
         state, info = kernel.step(generator, state)
         if adapt:
             kernel.adapt(generator, i, state, info)
+            state = restarts(generator, i, state)
         if (i + 1) % thin == 0:
             buffers.write((i + 1) // thin - 1, state, info, kernel.step_size)
         if bar is not None:
@@ -215,28 +282,123 @@ def _to_cpu(tensor):
     return tensor.contiguous()
 
 
-def initial_positions(model, chains, init, generator, seed, needs_grad):
-    """Starting points ``[chains, dim]`` with a finite log density (and gradient); random
-    starts that fail are drawn again, up to `INIT_ATTEMPTS` times."""
-    if isinstance(init, str) and init == "map":
-        mode = find_map(model, seed=seed).z.to(device=model.device, dtype=model.dtype)
-        jitter = torch.rand(
-            chains, model.dim, generator=generator, dtype=model.dtype, device=model.device
-        )
-        return mode + MAP_JITTER * (2 * jitter - 1)
-    z = model.init_z(chains, init, generator)
+class Start(NamedTuple):
+    """Where chains start: ``z`` ``[chains, dim]``; ``covariance`` ``[chains, dim, dim]`` for
+    the samplers' proposal or metric (None: the identity); the modes used, if any; and how
+    many data sets' modes had no usable curvature."""
+
+    z: torch.Tensor
+    covariance: torch.Tensor | None = None
+    modes: list | None = None
+    laplace_fallbacks: int = 0
+
+
+def initial_positions(model, chains, superchains, init, generator, seed, needs_grad) -> Start:
+    """Starting points with a finite log density (and gradient): `superchains` points per data
+    set, each shared by ``chains // superchains`` chains; random starts that fail are drawn
+    again, up to `INIT_ATTEMPTS` times."""
+    datasets = model.datasets if isinstance(model, Stacked) else 1
+    share = chains // superchains
+    modes = _modes(model, init, seed, datasets)
+    if modes is not None:
+        return _around_modes(model, modes, superchains, share, generator, needs_grad)
+    if isinstance(init, dict):
+        z = model.init_z(chains, init, generator)
+        if not bool(_finite(model, z, needs_grad).all()):
+            model.check_logdensity(z)  # names the term that is not finite
+            raise ValueError(
+                "sample: the init values give a start with a non-finite gradient of the log "
+                "density for some chains; choose other values (or init='map')"
+            )
+        return Start(z)
+    z = _retry(model, lambda: model.init_z(superchains, init, generator), needs_grad, init)
+    return Start(z.repeat_interleave(share, dim=0))
+
+
+def _retry(model, draw, needs_grad, init):
+    """Draw starts until every one has a finite log density (and gradient)."""
+    z = draw()
     random_start = isinstance(init, str) and init in ("uniform", "prior")
     for _ in range(INIT_ATTEMPTS if random_start else 1):
         bad = ~_finite(model, z, needs_grad)
         if not bool(bad.any()):
             return z
         if random_start:
-            z = torch.where(bad.unsqueeze(-1), model.init_z(chains, init, generator), z)
+            z = torch.where(bad.unsqueeze(-1), draw(), z)
     model.check_logdensity(z)  # names the term that is not finite
     raise ValueError(
         f"sample: init={init!r} gives a start with a non-finite gradient of the log density "
         "for some chains; choose another init (e.g. 'map' or a dict of values)"
     )
+
+
+def _modes(model, init, seed, datasets):
+    """The modes to start from, one `MapResult` per data set, or None for other inits."""
+    if isinstance(init, str) and init == "map":
+        modes = find_map(model, seed=seed)
+    elif isinstance(init, MapResult):
+        modes = init
+    elif isinstance(init, list | tuple) and all(isinstance(m, MapResult) for m in init):
+        modes = list(init)
+    else:
+        return None
+    modes = modes if isinstance(modes, list) else [modes]
+    if len(modes) != datasets:
+        raise ValueError(
+            f"sample: init gives {len(modes)} modes for {datasets} data set(s); give one "
+            "MapResult per data set (find_map of the stack gives that list)"
+        )
+    return modes
+
+
+def _around_modes(model, modes, superchains, share, generator, needs_grad) -> Start:
+    """Starts drawn from each mode's Laplace approximation (widened by `MODE_DISPERSION`),
+    `superchains` per data set; the covariances for the samplers."""
+    like = torch.zeros((), dtype=model.dtype, device=model.device)
+    dim = model.dim
+    eye = torch.eye(dim, dtype=like.dtype, device=like.device)
+    centre = torch.stack([m.z.to(like) for m in modes])
+    covariance = torch.stack(
+        [eye if m.covariance is None else m.covariance.to(like) for m in modes]
+    )
+    fallback = torch.tensor([m.covariance is None for m in modes], device=like.device)
+    factor = torch.linalg.cholesky(covariance)
+    centre = centre.repeat_interleave(superchains, dim=0)
+    factor = factor.repeat_interleave(superchains, dim=0)
+    jitter_only = fallback.repeat_interleave(superchains)
+
+    def draw():
+        normal = torch.randn(
+            centre.shape, generator=generator, dtype=like.dtype, device=like.device
+        )
+        spread = MODE_DISPERSION * (factor @ normal.unsqueeze(-1)).squeeze(-1)
+        uniform = torch.rand(
+            centre.shape, generator=generator, dtype=like.dtype, device=like.device
+        )
+        jitter = MAP_JITTER * (2 * uniform - 1)
+        return centre + torch.where(jitter_only.unsqueeze(-1), jitter, spread)
+
+    z = _retry(model, draw, needs_grad, "uniform")
+    chains = superchains * share
+    return Start(
+        z.repeat_interleave(share, dim=0),
+        covariance.repeat_interleave(chains, dim=0),
+        modes,
+        int(fallback.sum()),
+    )
+
+
+def _superchains(chains, superchains):
+    if superchains is None:
+        many = chains >= MANY_CHAINS and chains % DEFAULT_SUPERCHAINS == 0
+        return DEFAULT_SUPERCHAINS if many else chains
+    _check_int("superchains", superchains, 1)
+    if chains % superchains:
+        raise ValueError(
+            f"superchains={superchains} must divide chains={chains}: each superchain is the "
+            "same number of chains started from one point"
+        )
+    return superchains
 
 
 def _finite(model, z, needs_grad):
@@ -334,4 +496,12 @@ class _Progress:
         self.last = time.perf_counter()
 
 
-__all__ = ["Chains", "initial_positions", "resolve_device", "resolve_dtype", "run_chains", "sample"]
+__all__ = [
+    "Chains",
+    "Start",
+    "initial_positions",
+    "resolve_device",
+    "resolve_dtype",
+    "run_chains",
+    "sample",
+]

@@ -257,3 +257,103 @@ def test_summary_matches_arviz_summary():
 
 def test_summary_of_nothing_is_empty():
     assert dg.summary({}).empty
+
+
+# ----- nested R-hat
+
+
+def _nested_rhat_loop(x, superchains):
+    """posterior::rhat_nested for one scalar parameter, written out with loops."""
+    chains, draws = x.shape
+    size = chains // superchains
+    groups = [x[k * size : (k + 1) * size] for k in range(superchains)]
+    superchain_means = [g.mean() for g in groups]
+    within_superchain = []
+    for g in groups:
+        within = np.mean([c.var(ddof=1) for c in g]) if draws > 1 else 0.0
+        between = np.var([c.mean() for c in g], ddof=1) if size > 1 else 0.0
+        within_superchain.append(within + between)
+    return np.sqrt(1 + np.var(superchain_means, ddof=1) / np.mean(within_superchain))
+
+
+@pytest.mark.parametrize(
+    "chains, draws, superchains",
+    [(8, 50, 2), (8, 50, 4), (8, 50, 8), (12, 7, 3), (6, 1, 3), (4, 2, 2)],
+)
+def test_rhat_nested_matches_loops(chains, draws, superchains):
+    rng = np.random.default_rng(chains * 100 + draws * 10 + superchains)
+    # chain and superchain offsets make every variance term matter
+    offsets = rng.normal(size=(chains, 1, 2, 3)) + np.repeat(
+        rng.normal(size=(superchains, 1, 2, 3)), chains // superchains, axis=0
+    )
+    x = rng.normal(size=(chains, draws, 2, 3)) + offsets
+    ours = dg.rhat_nested(x, superchains)
+    assert ours.shape == (2, 3)
+    expected = [[_nested_rhat_loop(x[..., i, j], superchains) for j in range(3)] for i in range(2)]
+    np.testing.assert_allclose(ours, expected, rtol=1e-12)
+    assert dg.rhat_nested(torch.from_numpy(x), superchains)[1, 2] == ours[1, 2]
+    assert isinstance(dg.rhat_nested(x[..., 0, 0], superchains), float)
+
+
+def _stationary_ar1(noise, phi):
+    """AR(1) with unit marginal variance along axis 1, started from its stationary law."""
+    x = np.empty_like(noise)
+    x[:, 0] = noise[:, 0]
+    for t in range(1, noise.shape[1]):
+        x[:, t] = phi * x[:, t - 1] + np.sqrt(1 - phi**2) * noise[:, t]
+    return x
+
+
+def test_rhat_nested_passes_many_short_converged_chains_that_split_rhat_fails():
+    # 64 chains of 1000 draws with phi = 0.88: (1 - phi) / (1 + phi) * 1000 = 64 effective draws
+    # per chain, 32 per split half. Split R-hat's variance ratio is then about 1 + 1/32, so it
+    # sits near sqrt(1 + 1/32) = 1.015 (sd about 0.002) above 1.01 although the chains have
+    # converged. Nested R-hat compares 4 superchain means of 16 chains each: nB / nW is about
+    # chi2_3 / 3 / 1024, so it exceeds 1.01 only when chi2_3 > 61 (probability 4e-13).
+    seeds = range(20)
+    noise = np.stack([np.random.default_rng(s).standard_normal((64, 1000)) for s in seeds], -1)
+    x = _stationary_ar1(noise, phi=0.88)
+    # estimated bulk ESS per chain: 58 to 68 over the seeds (sd about 3), mean near 63.8
+    assert abs(dg.ess_bulk(x).mean() / 64 - 63.8) < 3
+    nested = dg.rhat_nested(x, superchains=4)
+    split = dg.rhat(x)
+    assert nested.max() <= 1.01, nested
+    assert (split > 1.01).sum() >= 15, split
+
+
+def test_rhat_nested_flags_one_stuck_chain():
+    rng = np.random.default_rng(5)
+    x = _stationary_ar1(rng.standard_normal((64, 1000)), phi=0.88)
+    x[37] = 87.0 + 0.01 * x[37]  # stuck 87 sd away, barely moving
+    assert dg.rhat_nested(x, superchains=16) > 1.05
+    # One stuck chain among M per superchain puts a share of about 1/M of the within-superchain
+    # variance between superchains: nested R-hat tends to sqrt(1 + 1/M) as the chain moves off.
+    for superchains in (4, 16):
+        bound = np.sqrt(1 + superchains / 64)
+        np.testing.assert_allclose(dg.rhat_nested(x, superchains), bound, rtol=1e-3)
+
+
+def test_rhat_nested_with_one_chain_per_superchain_is_classic_rhat_plus_one_over_n():
+    # With M = 1, B_k = 0 and nW = W (mean chain variance), nB = var(chain means), so
+    # nested^2 = 1 + nB / W. Classic (unsplit) R-hat: var+ = (n - 1) / n W + nB, R^2 = var+ / W,
+    # hence nested^2 = R^2 + 1 / n.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(6, 40)) + rng.normal(scale=0.3, size=(6, 1))
+    n = x.shape[1]
+    within = x.var(axis=1, ddof=1).mean()
+    between = x.mean(axis=1).var(ddof=1)
+    classic = np.sqrt(((n - 1) / n * within + between) / within)
+    _assert_matches(classic, _reference(lambda d: az.rhat(d, method="identity"), x))
+    np.testing.assert_allclose(dg.rhat_nested(x, superchains=6), np.sqrt(classic**2 + 1 / n))
+
+
+def test_rhat_nested_undefined_cases():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 20, 3))
+    x[:, :, 1] = 2.5
+    x[3, 4, 2] = np.nan
+    ours = dg.rhat_nested(x, 4)
+    assert np.isfinite(ours[0]) and np.isnan(ours[1]) and np.isnan(ours[2])
+    assert np.isnan(dg.rhat_nested(x[..., 0], 1))
+    with pytest.raises(ValueError, match="superchains=3"):
+        dg.rhat_nested(x, 3)

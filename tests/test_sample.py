@@ -17,7 +17,7 @@ from torch.distributions import Exponential, MultivariateNormal, Normal
 import bayeslib as bl
 from bayeslib.models import Best, LinearRegression
 from bayeslib.samplers import HMC, NUTS, Target, make_sampler
-from bayeslib.sampling import run_chains, sample
+from bayeslib.sampling import initial_positions, run_chains, sample
 
 SAMPLERS = ["nuts", "hmc", "metropolis"]
 
@@ -273,10 +273,20 @@ def test_one_chain_and_1024_chains():
     assert abs(float(last.std()) - sd) < 4 * sd / math.sqrt(2 * 1024)
 
 
-def test_init_map_and_dict():
+def test_init_map_spreads_superchains_on_the_posterior_scale():
     y, mean, sd = conjugate_data()
-    post = sample(Conjugate(y), "nuts", chains=2, warmup=20, draws=20, init="map")
-    assert (post.warmup["mu"][:, 0] - mean).abs().max() < 0.2
+    model = Conjugate(y)
+    g = torch.Generator().manual_seed(0)
+    start = initial_positions(model, 4000, 1000, "map", g, seed=0, needs_grad=True)
+    starts = start.z[::4, 0]
+    # 1000 distinct starts (4 chains each) from N(mode, (2 sd)^2): the Laplace approximation
+    # of this Gaussian posterior is exact; 4 standard errors of the mean and sd.
+    assert (start.z.reshape(1000, 4) == starts[:, None]).all()
+    assert abs(float(starts.mean()) - mean) < 4 * 2 * sd / math.sqrt(1000)
+    assert abs(float(starts.std()) / (2 * sd) - 1) < 4 / math.sqrt(2 * 1000)
+    assert torch.allclose(start.covariance, torch.full((4000, 1, 1), sd**2, dtype=torch.float64), rtol=1e-6)
+    post = sample(model, "nuts", chains=2, warmup=20, draws=20, init="map")
+    assert post.attrs["init"] == "map" and post.attrs["laplace_fallbacks"] == 0
     post = sample(Conjugate(y), "metropolis", chains=2, warmup=0, draws=1, init={"mu": 3.0})
     assert post["mu"].shape == (2, 1)
 

@@ -9,11 +9,11 @@ calibrated; a chi-square test must not reject uniformity at p = 0.001.
 
 import numpy as np
 import pytest
-import scipy.stats
 import torch
 from torch.distributions import Normal
 
 import bayeslib as bl
+from bayeslib import calibration
 from bayeslib.sampling import sample
 
 DATA_SETS = 120
@@ -63,8 +63,7 @@ def test_ranks_of_the_true_values_are_uniform(sampler, warmup, thin, options):
         seed=0,
         **options,
     )
-    draws = post["mu"].reshape(CHAINS * KEPT, DATA_SETS)
-    ranks = (draws < truth).sum(0).numpy()
-    counts = np.bincount(ranks * BINS // (CHAINS * KEPT + 1), minlength=BINS)
-    _, p_value = scipy.stats.chisquare(counts)
+    draws = post["mu"].permute(2, 0, 1)  # [data sets, chains, draws]
+    ranks = calibration.ranks(draws, truth, size=CHAINS * KEPT)
+    p_value, counts = calibration.uniformity_test(ranks, size=CHAINS * KEPT, bins=BINS)
     assert p_value > 0.001, counts

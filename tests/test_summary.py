@@ -89,10 +89,12 @@ def test_warnings_name_what_went_wrong():
         attrs={"sampler": "nuts", "max_tree_depth": 6},
     )
     warnings = post.warnings()
-    assert len(warnings) == 5
-    r_hat, ess, divergences, depth, bfmi = warnings
+    assert len(warnings) == 6
+    r_hat, ess, tail, divergences, depth, bfmi = warnings
     assert r_hat.startswith("r_hat > 1.01") and "stuck" in r_hat
-    assert ess.startswith("ess_bulk < 400 (100 per chain)") and "sticky" in ess
+    # Total ESS of all chains, as Vehtari et al. (2021): 400, not 100 per chain.
+    assert ess.startswith("ess_bulk < 400 for") and "sticky" in ess
+    assert tail.startswith("ess_tail < 400 for") and "sticky" in tail
     assert divergences.startswith("8 divergent transitions (0.5% of draws)")
     assert depth.startswith("7 draws (0.4%) hit max_tree_depth=6")
     assert bfmi.startswith("E-BFMI < 0.3 (chain 0:")

@@ -1,10 +1,11 @@
 """Warmup adaptation, kept apart from the kernels: dual averaging of a step size (or a
 proposal scale), Welford estimates of the posterior (co)variance, and Stan's windows.
 
-All of it is batched over chains, and learnt from all of them: the chains share one step
-size (or proposal scale), steered by their mean acceptance, and one metric, estimated from
-every chain's draws. With a shared step size no chain waits, masked, for another's longer
-trajectory, and many chains adapt faster and less noisily than one.
+All of it is batched over chains, and learnt from all chains of a group: the chains of one
+data set (``groups`` data sets own consecutive, equal blocks of the batch) share one step size
+(or proposal scale), steered by their mean acceptance, and one metric, estimated from every
+chain's draws; nothing is shared across data sets. With a shared step size no chain waits,
+masked, for another's longer trajectory, and many chains adapt faster and less noisily than one.
 """
 
 import math
@@ -84,19 +85,25 @@ class Welford:
         return cov
 
 
-def pooled(covariance: Tensor) -> Tensor:
+def group_mean(x: Tensor, groups: int = 1) -> Tensor:
+    """The mean of ``x`` ``[chains, ...]`` over each group's chains, given back to every chain
+    of the group (``groups`` equal, consecutive blocks of chains)."""
+    blocks = x.reshape(groups, -1, *x.shape[1:])
+    return blocks.mean(1, keepdim=True).expand_as(blocks).reshape(x.shape)
+
+
+def pooled(covariance: Tensor, groups: int = 1) -> Tensor:
     """Every chain's estimate (``[chains, dim]`` variances or ``[chains, dim, dim]``) replaced
-    by one learnt from all chains: the geometric mean of their variances, and for a dense
-    estimate the mean of their correlation matrices. The geometric mean keeps a chain still
-    lost in a flat tail early in warmup, with a huge spread, from setting everyone's scale.
-    Warmup only, so detailed balance holds while sampling."""
+    by one learnt from all chains of its group: the geometric mean of their variances, and for
+    a dense estimate the mean of their correlation matrices. The geometric mean keeps a chain
+    still lost in a flat tail early in warmup, with a huge spread, from setting everyone's
+    scale. Warmup only, so detailed balance holds while sampling."""
     if covariance.dim() == 2:
-        return covariance.log().mean(0, keepdim=True).exp().expand_as(covariance).clone()
+        return group_mean(covariance.log(), groups).exp()
     sd = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
-    correlation = (covariance / (sd.unsqueeze(-1) * sd.unsqueeze(-2))).mean(0)
-    scale = sd.log().mean(0).exp()
-    shared = scale.unsqueeze(-1) * correlation * scale.unsqueeze(-2)
-    return shared.expand_as(covariance).clone()
+    correlation = group_mean(covariance / (sd.unsqueeze(-1) * sd.unsqueeze(-2)), groups)
+    scale = group_mean(sd.log(), groups).exp()
+    return scale.unsqueeze(-1) * correlation * scale.unsqueeze(-2)
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,10 @@ class WindowAdaptation:
         device,
         adapt_covariance: bool = True,
         mu_factor: float = 10.0,
+        groups: int = 1,
     ):
         self.warmup = warmup
+        self.groups = groups
         self.schedule = build_schedule(warmup) if adapt_covariance else Schedule(0, 0, frozenset())
         self.dual_averaging = DualAveraging(target_accept)
         self.mu_factor = mu_factor
@@ -160,22 +169,53 @@ class WindowAdaptation:
         self.dims = (chains, dim, dense, dtype, device)
 
     def restart(self, value: Tensor) -> None:
-        """Start the dual averaging again from the geometric mean of the chains' `value`s."""
-        value = value.log().mean().exp().expand_as(value).clone()
+        """Start the dual averaging again from the geometric mean of each group's `value`s."""
+        value = group_mean(value.log(), self.groups).exp()
         self.dual_averaging.restart(value, (self.mu_factor * value).log())
 
     def update(self, i: int, z: Tensor, statistic: Tensor) -> tuple[Tensor, Tensor | None]:
         """Feed iteration ``i``; returns the next value, and a new covariance when a window
-        has just closed (else None). The value follows the chains' mean statistic, so all
-        chains share it."""
+        has just closed (else None). The value follows the mean statistic of each group's
+        chains, so they share it."""
         statistic = statistic.clamp(max=1.0).nan_to_num(0.0)
-        value = self.dual_averaging.update(statistic.mean().expand_as(statistic))
+        value = self.dual_averaging.update(group_mean(statistic, self.groups))
         if i == self.warmup - 1:
             value = self.dual_averaging.final()
         covariance = None
         if self.schedule.start <= i < self.schedule.end:
             self.welford.update(z)
             if i in self.schedule.window_ends:
-                covariance = pooled(self.welford.covariance())
+                covariance = pooled(self.welford.covariance(), self.groups)
                 self.welford = Welford(*self.dims)
         return value, covariance
+
+
+def straggler_gap(dim: int) -> float:
+    """How far (in log density) below its data set's median chain a chain must lie to count
+    as stranded. A chain in a posterior's typical set lies about chi2(dim) / 2 below the mode,
+    so draws spread over a few times sqrt(dim / 2); this gap is far outside that spread."""
+    return 20.0 + dim
+
+
+def restart_stragglers(generator: torch.Generator, state, groups: int = 1):
+    """Restart every chain whose log density lies more than `straggler_gap` below its group's
+    median from the state of a chain of the same group that does not, drawn at random.
+
+    A chain that starts far out in a flat or narrow region can stay there through warmup while
+    the others have converged (the proposal scale and metric, learnt from all chains, fit the
+    others, not it). Warmup only: the draws still come from an unchanged, valid kernel.
+    Returns the state and how many chains were restarted."""
+    lp = state.logdensity.reshape(groups, -1)
+    per_group = lp.shape[1]
+    median = lp.nan_to_num(-math.inf).median(dim=1, keepdim=True).values
+    stranded = ~(lp >= median - straggler_gap(state.position.shape[-1]))
+    count = int(stranded.sum())
+    if count == 0:
+        return state, 0
+    donors = torch.multinomial(
+        (~stranded).to(state.position.dtype), per_group, True, generator=generator
+    )
+    chain = torch.arange(per_group, device=lp.device).expand_as(donors)
+    source = torch.where(stranded, donors, chain)
+    source = (source + per_group * torch.arange(groups, device=lp.device).unsqueeze(-1)).reshape(-1)
+    return type(state)(*(None if field is None else field[source] for field in state)), count

@@ -62,7 +62,19 @@ class Sampler:
     stat_names: tuple[str, ...] = ("acceptance_rate",)
     needs_grad = True
 
-    def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
+    def setup(
+        self,
+        target: Target,
+        state: State,
+        generator: torch.Generator,
+        warmup: int,
+        groups: int = 1,
+        covariance: Tensor | None = None,
+    ):
+        """Prepare to run from `state`: `warmup` adapting iterations follow. `groups` data
+        sets own equal, consecutive blocks of chains and adapt apart; `covariance`
+        ``[chains, dim, dim]`` is where the proposal covariance or metric starts (else the
+        identity, or what the sampler was given)."""
         raise NotImplementedError
 
     def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
@@ -108,7 +120,15 @@ class HamiltonianSampler(Sampler):
         self.dense_mass_option = dense_mass
         self.initial_inverse_mass_matrix = inverse_mass_matrix
 
-    def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
+    def setup(
+        self,
+        target: Target,
+        state: State,
+        generator: torch.Generator,
+        warmup: int,
+        groups: int = 1,
+        covariance: Tensor | None = None,
+    ):
         self.target = target
         z = state.position
         chains, dim = z.shape
@@ -120,11 +140,24 @@ class HamiltonianSampler(Sampler):
         self.step_size = torch.full(
             (chains,), self.initial_step_size, dtype=z.dtype, device=z.device
         )
-        self.metric = make_metric(self._initial_inverse_mass_matrix(chains, dim, z))
+        if covariance is not None and self.initial_inverse_mass_matrix is None:
+            inverse_mass_matrix = covariance.to(z)
+            if not self.dense_mass:
+                inverse_mass_matrix = inverse_mass_matrix.diagonal(dim1=-2, dim2=-1).clone()
+        else:
+            inverse_mass_matrix = self._initial_inverse_mass_matrix(chains, dim, z)
+        self.metric = make_metric(inverse_mass_matrix)
         self.adaptation = None
         if warmup > 0:
             self.adaptation = WindowAdaptation(
-                warmup, chains, dim, self.target_accept, self.dense_mass, z.dtype, z.device
+                warmup,
+                chains,
+                dim,
+                self.target_accept,
+                self.dense_mass,
+                z.dtype,
+                z.device,
+                groups=groups,
             )
             self.step_size = find_reasonable_step_size(
                 generator, state, target, self.step_size, self.metric

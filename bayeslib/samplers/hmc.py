@@ -104,8 +104,16 @@ class HMC(HamiltonianSampler):
         self.trajectory_length = float(trajectory_length)
         self.max_steps = max_steps
 
-    def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
-        super().setup(target, state, generator, warmup)
+    def setup(
+        self,
+        target: Target,
+        state: State,
+        generator: torch.Generator,
+        warmup: int,
+        groups: int = 1,
+        covariance: Tensor | None = None,
+    ):
+        super().setup(target, state, generator, warmup, groups, covariance)
         ends = self.adaptation.schedule.window_ends if warmup > 0 else ()
         self.first_metric_update = min(ends, default=-1)
         self.metric_unknown = bool(ends)

@@ -43,6 +43,9 @@ class RandomWalkMetropolis(Sampler):
     the proposal covariance is estimated from the chains' warmup draws over Stan's windows;
     both are then fixed, so the draws come from a valid Metropolis chain.
 
+    The proposal covariance starts from what ``setup`` is given (``bl.sample`` gives the
+    Laplace approximation at the mode with ``init="map"``), else the identity.
+
     Options: ``target_accept``, ``dense_covariance`` (True: learn the full covariance, else
     the variances only), ``scale`` (initial; ``2.38 / sqrt(dim)``).
     """
@@ -62,15 +65,28 @@ class RandomWalkMetropolis(Sampler):
         self.dense_covariance = bool(dense_covariance)
         self.initial_scale = scale
 
-    def setup(self, target: Target, state: State, generator: torch.Generator, warmup: int):
+    def setup(
+        self,
+        target: Target,
+        state: State,
+        generator: torch.Generator,
+        warmup: int,
+        groups: int = 1,
+        covariance: Tensor | None = None,
+    ):
         self.target = target
         z = state.position
         chains, dim = z.shape
         self.optimal_scale = 2.38 / math.sqrt(dim)
         initial = self.optimal_scale if self.initial_scale is None else float(self.initial_scale)
         self.step_size = torch.full((chains,), initial, dtype=z.dtype, device=z.device)
-        ones = torch.ones(chains, dim, dtype=z.dtype, device=z.device)
-        self.proposal_factor = torch.diag_embed(ones) if self.dense_covariance else ones
+        if covariance is None:
+            covariance = torch.eye(dim, dtype=z.dtype, device=z.device).expand(chains, dim, dim)
+        covariance = covariance.to(z)
+        if self.dense_covariance:
+            self.proposal_factor = torch.linalg.cholesky(covariance)
+        else:
+            self.proposal_factor = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
         target_accept = self.target_accept
         if target_accept is None:
             target_accept = 0.44 if dim == 1 else 0.234
@@ -85,6 +101,7 @@ class RandomWalkMetropolis(Sampler):
                 z.dtype,
                 z.device,
                 mu_factor=1.0,
+                groups=groups,
             )
             self.adaptation.restart(self.step_size)
 
