@@ -1,13 +1,15 @@
 """bayeslib: Bayesian statistics on PyTorch, with many MCMC chains in parallel."""
 
-from . import constraints
+from . import calibration, constraints
 from .inference import MapResult, find_map
 from .model import Draw, Model, ModelError, Param
 from .posterior import DrawsView, Posterior, Probability
 from .predictive import posterior_predictive, ppc, prior_predictive, replicate_statistics
 from .sampling import sample
+from .stacked import Stacked, stack
 
 __all__ = [
+    "calibration",
     "Draw",
     "DrawsView",
     "MapResult",
@@ -16,6 +18,7 @@ __all__ = [
     "Param",
     "Posterior",
     "Probability",
+    "Stacked",
     "constraints",
     "find_map",
     "posterior_predictive",
@@ -23,5 +26,6 @@ __all__ = [
     "prior_predictive",
     "replicate_statistics",
     "sample",
+    "stack",
 ]
 __version__ = "0.1.0"

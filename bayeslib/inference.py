@@ -120,7 +120,9 @@ def _find_map_stacked(stacked, init, method, max_iter, gtol, lr, seed):
     covariance, usable = laplace_covariance(stacked, z)
     results = []
     for r, model in enumerate(stacked.models):
-        if not converged[r]:
+        # Without usable curvature the Newton steps may have run to a boundary, where the
+        # gradient in unconstrained coordinates vanishes too: optimise that one alone.
+        if not (converged[r] and bool(usable[r])):
             results.append(find_map(model, init, method, max_iter, gtol, lr, seed + r))
             continue
         result = MapResult(

@@ -166,16 +166,25 @@ class Posterior:
         """One row per flat parameter name (`mu[0]`): mean, sd, median, `prob` equal-tailed
         (eti_low, eti_high) and highest-density (hdi_low, hdi_high) intervals, mcse_mean,
         mcse_sd, ess_bulk, ess_tail, r_hat, and r_hat_nested where superchains hold several
-        chains each. Sampler statistics: `sampler_summary()`."""
-        self._single("summary")
-        table = diagnostics.summary(self.draws, prob)
-        if self._nested:
-            table["r_hat_nested"] = np.concatenate(
-                [
-                    np.ravel(diagnostics.rhat_nested(value, self.superchains))
-                    for value in self.draws.values()
-                ]
-            )
+        chains each. Sampler statistics: `sampler_summary()`. With several data sets, the
+        rows are indexed by (dataset, parameter), each data set's chains judged apart."""
+        blocks = []
+        for name in self.draws:
+            x = self.by_dataset(name).movedim(0, 2)  # [chains, draws, datasets, *shape]
+            table = diagnostics.summary({name: x}, prob)
+            if self._nested:
+                table["r_hat_nested"] = np.ravel(diagnostics.rhat_nested(x, self.superchains))
+            names = flat_names(name, x.shape[3:])
+            if self.datasets == 1:
+                table.index = names
+            else:
+                table.index = pd.MultiIndex.from_product(
+                    [range(self.datasets), names], names=["dataset", "parameter"]
+                )
+            blocks.append(table)
+        table = pd.concat(blocks)
+        if self.datasets > 1:
+            table = table.sort_index(level="dataset", sort_remaining=False, kind="stable")
         return table
 
     @property
@@ -346,16 +355,14 @@ class Posterior:
                 columns[column] = flat[:, i]
         return pd.DataFrame(columns)
 
-    def save(self, path):
-        """Write an .npz file (no pickle), atomically: readers never see a half-written file."""
+    def save(self, path, warmup=True):
+        """Write an .npz file (no pickle), atomically: readers never see a half-written file.
+        `warmup=False` leaves out the warmup draws and statistics."""
         path = Path(path)
         arrays = {"format": np.array(FORMAT), "attrs": np.array(json.dumps(self.attrs))}
-        groups = {
-            "draws": self.draws,
-            "stats": self.stats,
-            "warmup": self.warmup,
-            "warmup_stats": self.warmup_stats,
-        }
+        groups = {"draws": self.draws, "stats": self.stats}
+        if warmup:
+            groups |= {"warmup": self.warmup, "warmup_stats": self.warmup_stats}
         for group, values in groups.items():
             for name, value in (values or {}).items():
                 arrays[f"{group}/{name}"] = value.numpy()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .inference import MapResult, find_map
-from .model import Model
+from .model import Model, ModelError
 from .posterior import Posterior
 from .samplers import Sampler, Target, make_sampler
 from .samplers.adaptation import restart_stragglers
@@ -96,6 +96,8 @@ def sample(
     datasets = model.datasets if isinstance(model, Stacked) else 1
     generator = torch.Generator(device=device).manual_seed(seed)
     start = initial_positions(model, chains, superchains, init, generator, seed, kernel.needs_grad)
+    if start.covariance is None and kernel.starts_from_curvature:
+        start = _with_curvature(model, start, chains, seed)
     target = make_target(model, start.z, kernel.needs_grad, traced)
 
     run = run_chains(
@@ -121,6 +123,7 @@ def sample(
         "draws": draws,
         "thin": thin,
         "init": init if isinstance(init, str) else "map" if start.modes else "given",
+        "initial_covariance": "identity" if start.covariance is None else "laplace",
         "laplace_fallbacks": start.laplace_fallbacks,
         "restarted_chains": run.restarted_chains,
         "device": str(device),
@@ -386,6 +389,23 @@ def _around_modes(model, modes, superchains, share, generator, needs_grad) -> St
         modes,
         int(fallback.sum()),
     )
+
+
+def _with_curvature(model, start, chains, seed) -> Start:
+    """`start` with the covariance of each data set's Laplace approximation (the identity
+    where there is no mode with usable curvature), for a sampler whose warmup starts from it."""
+    try:
+        modes = find_map(model, seed=seed)
+    except ModelError:  # no finite mode: keep the identity
+        datasets = model.datasets if isinstance(model, Stacked) else 1
+        return start._replace(laplace_fallbacks=datasets)
+    modes = modes if isinstance(modes, list) else [modes]
+    eye = torch.eye(model.dim, dtype=model.dtype, device=model.device)
+    covariance = torch.stack(
+        [eye if m.covariance is None else m.covariance.to(eye) for m in modes]
+    ).repeat_interleave(chains, dim=0)
+    fallbacks = sum(m.covariance is None for m in modes)
+    return start._replace(covariance=covariance, laplace_fallbacks=fallbacks)
 
 
 def _superchains(chains, superchains):

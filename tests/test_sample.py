@@ -284,7 +284,9 @@ def test_init_map_spreads_superchains_on_the_posterior_scale():
     assert (start.z.reshape(1000, 4) == starts[:, None]).all()
     assert abs(float(starts.mean()) - mean) < 4 * 2 * sd / math.sqrt(1000)
     assert abs(float(starts.std()) / (2 * sd) - 1) < 4 / math.sqrt(2 * 1000)
-    assert torch.allclose(start.covariance, torch.full((4000, 1, 1), sd**2, dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(
+        start.covariance, torch.full((4000, 1, 1), sd**2, dtype=torch.float64), rtol=1e-6
+    )
     post = sample(model, "nuts", chains=2, warmup=20, draws=20, init="map")
     assert post.attrs["init"] == "map" and post.attrs["laplace_fallbacks"] == 0
     post = sample(Conjugate(y), "metropolis", chains=2, warmup=0, draws=1, init={"mu": 3.0})

@@ -61,6 +61,9 @@ class Sampler:
     #: The sample statistics this sampler records, besides ``lp`` and ``step_size``.
     stat_names: tuple[str, ...] = ("acceptance_rate",)
     needs_grad = True
+    #: Whether ``sample`` should find the mode's curvature for ``setup``'s ``covariance``
+    #: even when the chains do not start from the mode.
+    starts_from_curvature = False
 
     def setup(
         self,

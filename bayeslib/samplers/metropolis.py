@@ -53,6 +53,9 @@ class RandomWalkMetropolis(Sampler):
     name = "metropolis"
     stat_names = ("acceptance_rate",)
     needs_grad = False
+    # A random walk cannot learn a posterior far narrower or more correlated than its first
+    # proposal within warmup; the curvature at the mode predicts both.
+    starts_from_curvature = True
 
     def __init__(
         self, target_accept: float | None = None, dense_covariance: bool = True, scale=None

@@ -1,8 +1,8 @@
 rule analyze:
     input:
-        posteriors=lambda wc: posterior_files(wc.scenario, wc.sampler),
-        data=lambda wc: data_files(wc.scenario),
-        map=lambda wc: map_files(wc.scenario),
+        posterior="results/posterior/{scenario}/{sampler}.npz",
+        data="results/data/{scenario}.npz",
+        map="results/map/{scenario}.npz",
     output:
         summary=report(
             "results/analysis/{scenario}/{sampler}/summary.csv",
@@ -13,12 +13,15 @@ rule analyze:
         ),
         fits="results/analysis/{scenario}/{sampler}/fits.csv",
         ppc="results/analysis/{scenario}/{sampler}/ppc.csv",
+        recovery="results/analysis/{scenario}/{sampler}/recovery.csv",
+        ranks="results/analysis/{scenario}/{sampler}/ranks.csv",
         plots=plot_outputs(),
     params:
         scenario=lambda wc: SCENARIOS[wc.scenario],
         prob=config["prob"],
         new_x=config["new_x"],
         plot_replicates=len(PLOT_REPLICATES),
+        recovery=config["recovery"],
     log:
         "results/logs/analyze/{scenario}/{sampler}.log",
     benchmark:

@@ -6,8 +6,8 @@ validate(config, "../../config/schema.yaml", set_default=True)
 
 SCENARIOS = {s["name"]: s for s in config["scenarios"]}
 SAMPLERS = {s["name"]: s for s in config["samplers"]}
-REPLICATES = list(range(config["replicates"]))
-PLOT_REPLICATES = REPLICATES[: config["plot_replicates"]]
+REPLICATES = config["replicates"]
+PLOT_REPLICATES = list(range(min(config["plot_replicates"], REPLICATES)))
 # Declared on sample jobs with device: cuda, so that a cluster executor places them on a GPU node.
 GPU_RESOURCES = {"gpu": 1, "gpu_manufacturer": "nvidia"} if config["device"] == "cuda" else {}
 PLOT_KINDS = ["trace", "rank", "posterior", "forest", "ppc", "sampler", "question"]
@@ -25,8 +25,13 @@ def _check_config():
                 f"config: scenarios[{scenario['name']}].samplers names {sorted(unknown)}, "
                 f"which are not in samplers ({list(SAMPLERS)})"
             )
-
-
+    for sampler in config["samplers"]:
+        if sampler["chains"] % sampler["superchains"]:
+            raise ValueError(
+                f"config: samplers[{sampler['name']}].superchains ({sampler['superchains']}) must "
+                f"divide its chains ({sampler['chains']}): each superchain is the same number of "
+                "chains started from one point"
+            )
     recovery = config["recovery"]
     if (recovery["rank_draws"] + 1) % recovery["rank_bins"]:
         raise ValueError(
@@ -49,38 +54,25 @@ def samplers_of(scenario):
     return SCENARIOS[scenario].get("samplers") or list(SAMPLERS)
 
 
-def fits():
-    """Every (scenario, replicate, sampler) the study fits."""
-    return [
-        (scenario, replicate, sampler)
-        for scenario in SCENARIOS
-        for replicate in REPLICATES
-        for sampler in samplers_of(scenario)
-    ]
-
-
 def analyses():
+    """Every (scenario, sampler) the study fits: one job fits all of a scenario's replicates."""
     return [(scenario, sampler) for scenario in SCENARIOS for sampler in samplers_of(scenario)]
 
 
 def posterior_files(scenario=None, sampler=None):
     return [
-        f"results/posterior/{sc}/{r}/{sa}.npz"
-        for sc, r, sa in fits()
+        f"results/posterior/{sc}/{sa}.npz"
+        for sc, sa in analyses()
         if scenario in (None, sc) and sampler in (None, sa)
     ]
 
 
 def data_files(scenario=None):
-    return [
-        f"results/data/{sc}/{r}.npz" for sc in SCENARIOS for r in REPLICATES if scenario in (None, sc)
-    ]
+    return [f"results/data/{sc}.npz" for sc in SCENARIOS if scenario in (None, sc)]
 
 
 def map_files(scenario=None):
-    return [
-        f"results/map/{sc}/{r}.json" for sc in SCENARIOS for r in REPLICATES if scenario in (None, sc)
-    ]
+    return [f"results/map/{sc}.npz" for sc in SCENARIOS if scenario in (None, sc)]
 
 
 def analysis_files(name):
@@ -112,6 +104,8 @@ def plot_files():
 
 RECOVERY = {
     "table": "results/recovery/recovery.csv",
+    "verdict": "results/recovery/verdict.csv",
+    "text": "results/recovery/verdict.txt",
     "ranks": "results/recovery/ranks.csv",
     "check": "results/recovery/check.json",
     "coverage_plot": "results/recovery/coverage.png",
@@ -129,6 +123,8 @@ def science_files():
         + analysis_files("summary.csv")
         + analysis_files("fits.csv")
         + analysis_files("ppc.csv")
+        + analysis_files("recovery.csv")
+        + analysis_files("ranks.csv")
         + list(RECOVERY.values())
         + list(REPORT.values())
         + plot_files()

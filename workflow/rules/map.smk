@@ -1,8 +1,8 @@
 rule map:
     input:
-        expand("results/data/{{scenario}}/{replicate}.npz", replicate=REPLICATES),
+        "results/data/{scenario}.npz",
     output:
-        expand("results/map/{{scenario}}/{replicate}.json", replicate=REPLICATES),
+        "results/map/{scenario}.npz",
     params:
         scenario=lambda wc: SCENARIOS[wc.scenario],
         seed=config["seed"],

@@ -1,7 +1,8 @@
 rule recovery:
     input:
-        posteriors=posterior_files(),
-        data=data_files(),
+        fits=analysis_files("fits.csv"),
+        recovery=analysis_files("recovery.csv"),
+        ranks=analysis_files("ranks.csv"),
     output:
         table=report(
             RECOVERY["table"],
@@ -9,6 +10,13 @@ rule recovery:
             category="recovery",
             labels={"table": "coverage, bias, RMSE and rank uniformity"},
         ),
+        verdict=report(
+            RECOVERY["verdict"],
+            caption="../report/verdict.rst",
+            category="recovery",
+            labels={"table": "verdict"},
+        ),
+        text=RECOVERY["text"],
         ranks=RECOVERY["ranks"],
         check=RECOVERY["check"],
         coverage_plot=report(
@@ -24,7 +32,6 @@ rule recovery:
             labels={"figure": "rank histograms"},
         ),
     params:
-        fits=fits(),
         recovery=config["recovery"],
     log:
         "results/logs/recovery.log",

@@ -1,9 +1,9 @@
 rule sample:
     input:
-        data="results/data/{scenario}/{replicate}.npz",
-        map="results/map/{scenario}/{replicate}.json",
+        data="results/data/{scenario}.npz",
+        map="results/map/{scenario}.npz",
     output:
-        "results/posterior/{scenario}/{replicate}/{sampler}.npz",
+        "results/posterior/{scenario}/{sampler}.npz",
     params:
         scenario=lambda wc: SCENARIOS[wc.scenario],
         sampler=lambda wc: SAMPLERS[wc.sampler],
@@ -13,12 +13,12 @@ rule sample:
         init=config["init"],
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         **GPU_RESOURCES,
     log:
-        "results/logs/sample/{scenario}/{replicate}/{sampler}.log",
+        "results/logs/sample/{scenario}/{sampler}.log",
     benchmark:
-        "results/benchmarks/sample/{scenario}/{replicate}/{sampler}.tsv"
+        "results/benchmarks/sample/{scenario}/{sampler}.tsv"
     conda:
         "../envs/bayeslib.yaml"
     script:

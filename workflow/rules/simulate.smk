@@ -1,8 +1,9 @@
 rule simulate:
     output:
-        expand("results/data/{{scenario}}/{replicate}.npz", replicate=REPLICATES),
+        "results/data/{scenario}.npz",
     params:
         scenario=lambda wc: SCENARIOS[wc.scenario],
+        replicates=REPLICATES,
         seed=config["seed"],
     log:
         "results/logs/simulate/{scenario}.log",

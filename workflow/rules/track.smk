@@ -12,7 +12,7 @@ rule track:
         target="study|reproduce",
     params:
         config=config,
-        fits=fits(),
+        analyses=analyses(),
         plot_replicates=len(PLOT_REPLICATES),
         workdir=workflow.basedir,
     log:

@@ -1,6 +1,7 @@
-"""recovery: across each scenario's replicates, the coverage of the central intervals, the bias
-and RMSE of the posterior mean, and rank histograms of the truths among the posterior draws
-(simulation-based calibration) with a test of their uniformity."""
+"""recovery: the study's verdict. Across each scenario's replicates and for each sampler: the
+fits that failed their convergence checks (named, never averaged into coverage), the coverage
+of the central intervals against its binomial band, the SBC rank-uniformity test, and the
+power of the coverage check; the verdict table printed and written for the report and MLflow."""
 
 import sys
 
@@ -8,110 +9,83 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import study  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-import bayeslib as bl  # noqa: E402
-from bayeslib.diagnostics import eti  # noqa: E402
+from bayeslib import calibration  # noqa: E402
 
 sm = snakemake  # noqa: F821
 study.log_to(sm.log[0], echo=True)
 options = sm.params.recovery
-levels, alpha = options["levels"], options["alpha"]
-rank_draws, bins = options["rank_draws"], options["rank_bins"]
+levels, alpha, bins = options["levels"], options["alpha"], options["rank_bins"]
+rank_draws, max_failed_share = options["rank_draws"], options["max_failed_share"]
 
 
-def thinned(x, size):
-    """`size` draws of `x` [chains, draws], spread over chains and over each chain's length so
-    that they are nearly independent."""
-    chains, draws = x.shape
-    per_chain = -(-size // chains)
-    positions = np.linspace(0, draws - 1, per_chain).round().astype(int)
-    return x[:, positions].T.reshape(-1)[:size]
+def read(paths):
+    return pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
 
 
-def binomial_band(n, p, alpha):
-    """Central interval [low, high] of Binomial(n, p) with probability >= 1 - alpha."""
-    k = torch.arange(n + 1, dtype=torch.float64)
-    cdf = torch.distributions.Binomial(n, torch.tensor(p, dtype=torch.float64)).log_prob(k)
-    cdf = cdf.exp().cumsum(0)
-    low = int((cdf >= alpha / 2).nonzero()[0])
-    high = int((cdf >= 1 - alpha / 2 - 1e-12).nonzero()[0])
-    return low, high
+fits, table, ranks = read(sm.input.fits), read(sm.input.recovery), read(sm.input.ranks)
 
-
-def uniformity_p_value(ranks):
-    """Chi-square test that ranks in 0..rank_draws fall evenly into `bins` bins."""
-    counts = np.bincount(np.asarray(ranks) * bins // (rank_draws + 1), minlength=bins)
-    expected = len(ranks) / bins
-    statistic = ((counts - expected) ** 2 / expected).sum()
-    df = torch.tensor((bins - 1) / 2, dtype=torch.float64)
-    return float(torch.special.gammaincc(df, torch.tensor(statistic / 2))), counts
-
-
-rows = []
-for (scenario, replicate, sampler), path in zip(sm.params.fits, sm.input.posteriors, strict=True):
-    _, truth, _ = study.load_dataset(f"results/data/{scenario}/{replicate}.npz")
-    post = bl.Posterior.load(path)
-    for name, true_value in truth.items():
-        draws = post[name].reshape(post.chains, post.num_draws, -1).numpy()
-        for i, label in enumerate(study.flat({name: true_value})):
-            x, value = draws[..., i], float(true_value.reshape(-1)[i])
-            row = {
-                "scenario": scenario,
-                "sampler": sampler,
-                "replicate": replicate,
-                "parameter": label,
-                "truth": value,
-                "mean": x.mean(),
-                "rank": int((thinned(x, rank_draws) < value).sum()),
-            }
-            for level in levels:
-                low, high = eti(x, level)
-                row[f"covered_{level:g}"] = bool(low <= value <= high)
-            rows.append(row)
-ranks = pd.DataFrame(rows)
-
-table, failures = [], []
-for (scenario, sampler), group in ranks.groupby(["scenario", "sampler"], sort=False):
-    pooled_p, _ = uniformity_p_value(group["rank"])
-    if pooled_p < alpha:
+failures, verdict = [], []
+for (scenario, sampler), rows in table.groupby(["scenario", "sampler"], sort=False):
+    group = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
+    failed = group[~group["passed"]]
+    share = len(failed) / len(group)
+    if share > max_failed_share:
         failures.append(
-            f"{scenario}/{sampler}: the ranks of the truths are not uniform "
-            f"(chi-square p = {pooled_p:.2g} < {alpha:g})"
+            f"{scenario}/{sampler}: {len(failed)} of {len(group)} fits failed their convergence "
+            f"checks ({share:.1%} > max_failed_share {max_failed_share:.1%}); they are listed "
+            "in failed_fits"
         )
-    for parameter, rows in group.groupby("parameter", sort=False):
-        n = len(rows)
-        error = rows["mean"] - rows["truth"]
-        out = {
-            "scenario": scenario,
-            "sampler": sampler,
-            "parameter": parameter,
-            "replicates": n,
-            "bias": error.mean(),
-            "bias_se": error.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
-            "rmse": np.sqrt((error**2).mean()),
-        }
+    for row in rows.to_dict("records"):
         for level in levels:
-            covered = int(rows[f"covered_{level:g}"].sum())
-            low, high = binomial_band(n, level, alpha)
-            coverage = covered / n
-            out[f"coverage_{level:g}"] = coverage
-            out[f"coverage_{level:g}_se"] = np.sqrt(coverage * (1 - coverage) / n)
-            out[f"coverage_{level:g}_band_low"] = low / n
-            out[f"coverage_{level:g}_band_high"] = high / n
-            if not low <= covered <= high:
+            key = f"coverage_{level:g}"
+            if not row[f"{key}_passed"]:
                 failures.append(
-                    f"{scenario}/{sampler}: {level:.0%} intervals cover {parameter} in "
-                    f"{covered}/{n} replicates, outside the {1 - alpha:.1%} binomial band "
-                    f"[{low}, {high}]"
+                    f"{scenario}/{sampler}: {level:.0%} intervals cover {row['parameter']} in "
+                    f"{row[key]:.1%} of {row['replicates']} replicates, outside the "
+                    f"{1 - alpha:.1%} binomial band [{row[f'{key}_band_low']:.1%}, "
+                    f"{row[f'{key}_band_high']:.1%}]"
                 )
-        out["rank_p_value"], _ = uniformity_p_value(rows["rank"])
-        out["rank_p_value_pooled"] = pooled_p
-        table.append(out)
-table = pd.DataFrame(table)
-failed = {f.split(":")[0] for f in failures}
-table["passed"] = [f"{r.scenario}/{r.sampler}" not in failed for r in table.itertuples()]
+        if not row["rank_passed"]:
+            failures.append(
+                f"{scenario}/{sampler}: the SBC ranks of {row['parameter']} are not uniform "
+                f"(chi-square p = {row['rank_p_value']:.2g} < {alpha:g})"
+            )
+    out = {"scenario": scenario, "sampler": sampler, "fits": len(group), "failed_fits": len(failed)}
+    for level in levels:
+        key = f"coverage_{level:g}"
+        out[f"{key}_min"], out[f"{key}_max"] = rows[key].min(), rows[key].max()
+        out[f"{key}_band_low"] = rows[f"{key}_band_low"].iloc[0]
+        out[f"{key}_band_high"] = rows[f"{key}_band_high"].iloc[0]
+    out["rank_p_value_min"] = rows["rank_p_value"].min()
+    out["power"] = rows["power"].iloc[0]
+    out["passed"] = not any(f.startswith(f"{scenario}/{sampler}:") for f in failures)
+    verdict.append(out)
+verdict = pd.DataFrame(verdict)
+passed = not failures
+
+
+def verdict_text():
+    """The verdict table as the console and the report show it."""
+    header = f"{'scenario/sampler':<24}{'fits':>6}{'failed':>8}"
+    for level in levels:
+        header += f"  {f'{level:.0%} coverage [band]':>24}"
+    header += f"{'SBC p':>8}{'power':>7}  verdict"
+    lines = [header]
+    for row in verdict.to_dict("records"):
+        line = (
+            f"{row['scenario'] + '/' + row['sampler']:<24}{row['fits']:>6}{row['failed_fits']:>8}"
+        )
+        for level in levels:
+            key = f"coverage_{level:g}"
+            low, high = row[f"{key}_min"], row[f"{key}_max"]
+            band = f"[{row[f'{key}_band_low']:.3f}, {row[f'{key}_band_high']:.3f}]"
+            line += f"  {f'{low:.3f}-{high:.3f} {band}':>24}"
+        line += f"{row['rank_p_value_min']:>8.3f}{row['power']:>7.2f}  "
+        line += "passed" if row["passed"] else "FAILED"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def coverage_figure():
@@ -124,37 +98,71 @@ def coverage_figure():
         ax.hlines(y, low, high, color="lightgray", linewidth=6, label=f"{1 - alpha:.1%} band")
         ax.plot(table[f"coverage_{level:g}"], y, "o", color="steelblue", label="coverage")
         ax.axvline(level, color="gray", linestyle="--")
-        ax.set(title=f"{level:.0%} intervals", xlabel="coverage", xlim=(-0.02, 1.02))
+        span = max(0.05, (high - level).abs().max() * 1.5)
+        ax.set(title=f"{level:.0%} intervals", xlabel="coverage", xlim=(level - span, level + span))
     axes[0].set_yticks(y, labels)
     axes[0].legend(fontsize="small")
     return fig
 
 
 def rank_figure():
-    groups = list(ranks.groupby(["scenario", "sampler"], sort=False))
+    groups = list(ranks[~ranks["failed"]].groupby(["scenario", "sampler"], sort=False))
     cols = max(group["parameter"].nunique() for _, group in groups)
-    fig = Figure(figsize=(2.6 * cols, 2.2 * len(groups)), layout="constrained")
+    fig = Figure(figsize=(2.6 * cols, 2.4 * len(groups)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(groups), cols, squeeze=False))
     for row, ((scenario, sampler), group) in zip(axes, groups, strict=True):
         for ax, (parameter, rows) in zip(row, group.groupby("parameter", sort=False), strict=False):
-            p_value, counts = uniformity_p_value(rows["rank"])
-            low, high = binomial_band(len(rows), 1 / bins, alpha)
+            p_value, counts = calibration.uniformity_test(rows["rank"], rank_draws, bins)
+            low, high = calibration.binomial_band(len(rows), 1 / bins, alpha)
             ax.axhspan(low, high, color="lightgray")
             ax.bar(np.arange(bins), counts, color="steelblue")
             ax.set_title(f"{scenario}/{sampler}: {parameter}\np = {p_value:.2f}", fontsize=9)
+            ax.set(xlabel="rank bin of the truth", ylabel="replicates")
         for ax in row[group["parameter"].nunique() :]:
             ax.set_axis_off()
     return fig
 
 
+failed_fits = [
+    {
+        "scenario": r.scenario,
+        "replicate": int(r.replicate),
+        "sampler": r.sampler,
+        "reason": r.reason,
+    }
+    for r in fits[~fits["passed"]].itertuples()
+]
+check = {
+    "passed": passed,
+    "failures": failures,
+    "replicates": {
+        s: int(n) for s, n in fits.groupby("scenario", sort=False)["replicate"].nunique().items()
+    },
+    "failed_fits": failed_fits,
+    "power": {
+        s: {r.sampler: float(r.power) for r in rows.itertuples()}
+        for s, rows in verdict.groupby("scenario", sort=False)
+    },
+    "power_against_coverage": round(max(levels) - 0.05, 12),
+    "levels": levels,
+    "alpha": alpha,
+    "max_failed_share": max_failed_share,
+    "strict": options["strict"],
+    "verdict": verdict.to_dict("records"),
+}
 study.write_csv(sm.output.ranks, ranks, index=False)
 study.write_csv(sm.output.table, table, index=False)
+study.write_csv(sm.output.verdict, verdict, index=False)
 study.save_figure(sm.output.coverage_plot, coverage_figure())
 study.save_figure(sm.output.rank_plot, rank_figure())
-study.write_json(
-    sm.output.check,
-    {"passed": not failures, "failures": failures, "strict": options["strict"], "alpha": alpha},
-)
+study.write_json(sm.output.check, check)
+text = verdict_text()
+with study.atomic(sm.output.text, "w") as f:
+    f.write(text + "\n")
+print()
+print(text)
+for fit in failed_fits:
+    print(f"failed fit: {fit['scenario']}/{fit['replicate']}/{fit['sampler']}: {fit['reason']}")
 for failure in failures:
     print("recovery check failed:", failure)
 if failures and options["strict"]:
@@ -162,4 +170,4 @@ if failures and options["strict"]:
         f"recovery: {len(failures)} check(s) failed (listed above; set recovery.strict: false "
         "to keep going and record them)"
     )
-print("recovery:", "passed" if not failures else f"{len(failures)} check(s) failed")
+print("recovery:", "passed" if passed else f"{len(failures)} check(s) failed")

@@ -1,4 +1,5 @@
-"""report: one table of every fit, and the samplers' efficiency (bulk ESS per second)."""
+"""report: one table of every fit, and the samplers' efficiency: the smallest of bulk and tail
+ESS per second of the whole job, warmup included."""
 
 import sys
 
@@ -13,16 +14,27 @@ study.log_to(sm.log[0])
 fits = pd.concat([pd.read_csv(path) for path in sm.input.fits], ignore_index=True)
 study.write_csv(sm.output.fits, fits, index=False)
 
-groups = fits.groupby(["scenario", "sampler"], sort=False)["ess_bulk_per_second"]
-median, low, high = groups.median(), groups.quantile(0.1), groups.quantile(0.9)
-fig = Figure(figsize=(6.0, 0.5 * len(median) + 1.5), layout="constrained")
+fits["ess_min"] = fits[["ess_bulk", "ess_tail"]].min(axis=1)
+fits["total_time"] = fits["warmup_time"] + fits["sampling_time"]
+groups = fits.groupby(["scenario", "sampler"], sort=False)
+# One job fits every replicate: ESS summed over replicates per second of that job.
+rate = groups["ess_min"].sum() / groups["total_time"].first()
+labels = [
+    f"{scenario}/{sampler}\n{groups.get_group((scenario, sampler))['chains'].iloc[0]} chains x "
+    f"{len(groups.get_group((scenario, sampler)))} data sets"
+    for scenario, sampler in rate.index
+]
+fig = Figure(figsize=(7.0, 0.7 * len(rate) + 1.5), layout="constrained")
 ax = fig.subplots()
-y = np.arange(len(median))[::-1]
-ax.barh(y, median, xerr=[median - low, high - median], color="steelblue")
-ax.set_yticks(y, [f"{scenario}/{sampler}" for scenario, sampler in median.index])
+y = np.arange(len(rate))[::-1]
+ax.barh(y, rate, color="steelblue")
+for yi, value in zip(y, rate, strict=True):
+    ax.annotate(f"{value:,.0f}", (value, yi), xytext=(3, 0), textcoords="offset points",
+                va="center", fontsize=8)  # fmt: skip
+ax.set_yticks(y, labels)
 ax.set(
-    title="Smallest bulk ESS per second of sampling (median, 10-90% over replicates)",
-    xlabel="ess_bulk / sampling_time",
+    title="Effective draws per second of each job (warmup included)",
+    xlabel="sum over data sets of min(bulk ESS, tail ESS) / (warmup + sampling time)",
     xscale="log",
 )
 study.save_figure(sm.output.efficiency, fig)

@@ -1,8 +1,7 @@
-"""sample: many chains of one sampler, as one vectorised job, on one data set."""
+"""sample: one sampler on every replicate of a scenario, as one batch of chains
+(`bl.stack`), started from each replicate's mode."""
 
-import json
 import sys
-from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 import study  # noqa: E402
@@ -15,18 +14,14 @@ study.log_to(sm.log[0])
 torch.set_num_threads(sm.threads)
 scenario, sampler = sm.params.scenario, sm.params.sampler
 data, truth, meta = study.load_dataset(sm.input.data)
-model = study.fitted_model(scenario, data)
-seed = study.derive_seed(
-    sm.params.seed, "sample", scenario["name"], meta["replicate"], sampler["name"]
-)
-init = sm.params.init
-if init == "map":
-    mode = json.loads(Path(sm.input.map).read_text())["values"]
-    init = study.around_mode(model, mode, sampler["chains"], seed)
+stacked = study.fitted_stack(scenario, data)
+seed = study.derive_seed(sm.params.seed, "sample", scenario["name"], sampler["name"])
+init = study.load_modes(sm.input.map) if sm.params.init == "map" else sm.params.init
 post = bl.sample(
-    model,
+    stacked,
     sampler=sampler["name"],
     chains=sampler["chains"],
+    superchains=sampler["superchains"],
     warmup=sampler["warmup"],
     draws=sampler["draws"],
     thin=sampler["thin"],
@@ -39,12 +34,14 @@ post = bl.sample(
 )
 post.attrs.update(
     scenario=scenario["name"],
-    replicate=meta["replicate"],
     bayeslib_version=bl.__version__,
     torch_version=torch.__version__,
 )
-post.save(sm.output[0])
+post.save(sm.output[0], warmup=False)
 print(post)
-print(f"warmup {post.attrs['warmup_time']:.2f} s, sampling {post.attrs['sampling_time']:.2f} s")
-for warning in post.warnings():
-    print("warning:", warning)
+print(
+    f"{post.datasets} data sets x {sampler['chains']} chains: warmup "
+    f"{post.attrs['warmup_time']:.2f} s, sampling {post.attrs['sampling_time']:.2f} s, "
+    f"{post.attrs['restarted_chains']} chains restarted in warmup, "
+    f"{post.attrs['laplace_fallbacks']} data sets without curvature at the mode"
+)

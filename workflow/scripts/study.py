@@ -42,13 +42,23 @@ def simulate(scenario, seed):
 
 
 def fitted_model(scenario, data):
-    """The model fitted to a scenario's data. fit_prior_scale != 1 widens or narrows the prior of
-    the location parameters: a deliberately wrong model, to show the recovery check can fail."""
+    """The model fitted to one data set of a scenario. fit_prior_scale != 1 widens or narrows
+    the prior of the location parameters: a deliberately wrong model, to show the recovery
+    check can fail."""
     cls = MODELS[scenario["model"]]
     scale = scenario.get("fit_prior_scale", 1.0)
     if scale != 1.0:
         cls = _rescaled(cls, scale)
     return cls(**data)
+
+
+def fitted_stack(scenario, data):
+    """The model fitted to every replicate of a scenario, as one `bl.stack`; `data` holds each
+    field stacked over replicates, ``[replicates, ...]``."""
+    replicates = len(next(iter(data.values())))
+    return bl.stack(
+        [fitted_model(scenario, {k: v[r] for k, v in data.items()}) for r in range(replicates)]
+    )
 
 
 def _rescaled(cls, s):
@@ -61,21 +71,52 @@ def _rescaled(cls, s):
     return type("LinearRegressionRescaledPrior", (LinearRegression,), {"beta": beta})
 
 
-def around_mode(model, mode, chains, seed, jitter=0.1):
-    """Starts for `chains` chains, each uniformly within `jitter` of the posterior mode in the
-    unconstrained space (as `bl.sample(init="map")`, from the map rule's mode)."""
-    values = {
-        name: torch.as_tensor(value, dtype=torch.float64).expand(chains, *model.param_shapes[name])
-        for name, value in mode.items()
+def save_modes(path, modes):
+    """The map rule's file: each replicate's `bl.MapResult`, stacked (covariance NaN where the
+    mode has no usable curvature)."""
+    dim = modes[0].z.shape[0]
+    nan = torch.full((dim, dim), float("nan"), dtype=torch.float64)
+    arrays = {
+        "z": torch.stack([m.z for m in modes]),
+        "covariance": torch.stack([nan if m.covariance is None else m.covariance for m in modes]),
+        "log_density": torch.tensor([m.log_density for m in modes]),
+        "converged": torch.tensor([m.converged for m in modes]),
+        "iterations": torch.tensor([m.iterations for m in modes]),
+        "grad_max": torch.tensor([m.grad_max for m in modes]),
     }
-    z = model.unconstrain(values)
-    generator = torch.Generator().manual_seed(seed)
-    z = z + jitter * (2 * torch.rand(z.shape, generator=generator, dtype=z.dtype) - 1)
-    return model.constrain(z)
+    for name in modes[0].params:
+        arrays[f"params/{name}"] = torch.stack([m.params[name] for m in modes])
+    arrays = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
+    arrays["method"] = np.array(json.dumps([m.method for m in modes]))
+    with atomic(path) as f:
+        np.savez(f, **arrays)
 
 
-def save_dataset(path, model, truth, meta):
-    arrays = {f"data/{k}": v.numpy() for k, v in model.data.items() if v is not None}
+def load_modes(path):
+    """The `bl.MapResult` of each replicate, from a file written by `save_modes`."""
+    with np.load(path, allow_pickle=False) as npz:
+        a = {k: torch.from_numpy(npz[k]) for k in npz.files if k != "method"}
+        methods = json.loads(str(npz["method"]))
+    params = {k.removeprefix("params/"): v for k, v in a.items() if k.startswith("params/")}
+    return [
+        bl.MapResult(
+            params={name: value[r] for name, value in params.items()},
+            z=a["z"][r],
+            log_density=float(a["log_density"][r]),
+            converged=bool(a["converged"][r]),
+            iterations=int(a["iterations"][r]),
+            grad_max=float(a["grad_max"][r]),
+            method=methods[r],
+            covariance=None if a["covariance"][r].isnan().any() else a["covariance"][r],
+        )
+        for r in range(len(methods))
+    ]
+
+
+def save_dataset(path, data, truth, meta):
+    """Every replicate's data {field: ``[replicates, ...]``} and truths {param:
+    ``[replicates, *shape]``} in one file."""
+    arrays = {f"data/{k}": v.numpy() for k, v in data.items()}
     arrays.update({f"truth/{k}": v.numpy() for k, v in truth.items()})
     arrays["meta"] = np.array(json.dumps(meta))
     with atomic(path) as f:
@@ -83,7 +124,7 @@ def save_dataset(path, model, truth, meta):
 
 
 def load_dataset(path):
-    """({field: tensor}, {param: tensor}, meta) of a data file."""
+    """({field: tensor}, {param: tensor}, meta) of a data file: stacked over replicates."""
     data, truth = {}, {}
     with np.load(path, allow_pickle=False) as npz:
         for key in npz.files:

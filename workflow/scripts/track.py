@@ -1,6 +1,7 @@
 """track: the only writer to MLflow. Logs the study as one parent run (config, git commit,
-library versions, device, recovery table, benchmarks) with a nested run per data set and
-sampler; the reproduce target adds its verdict to that parent run.
+library versions, device, the verdict and recovery tables, benchmarks) with a nested run per
+scenario and sampler (every replicate's fit in its tables); the reproduce target adds its
+verdict to that parent run.
 
 A run is found again by the hash of the study's files (tag `bayeslib.results_hash`), so logging
 the same results twice, or retrying after a failure, leaves exactly one run."""
@@ -131,6 +132,7 @@ def log_study(client, exp, digest):
     now = int(time.time() * 1000)
     fits = pd.read_csv("results/report/fits.csv")
     recovery = pd.read_csv("results/recovery/recovery.csv")
+    verdict = pd.read_csv("results/recovery/verdict.csv")
     with open("results/recovery/check.json") as f:
         check = json.load(f)
     bench = benchmarks()
@@ -153,7 +155,15 @@ def log_study(client, exp, digest):
     }
     parent = client.create_run(exp, tags=tags).info.run_id
     params = [Param(k, v[:6000]) for k, v in flat_config(config).items()]
-    values = {"recovery.passed": int(check["passed"]), "recovery.failures": len(check["failures"])}
+    values = {
+        "recovery.passed": int(check["passed"]),
+        "recovery.failures": len(check["failures"]),
+        "recovery.failed_fits": len(check["failed_fits"]),
+    }
+    for row in verdict.to_dict("records"):
+        for key, value in row.items():
+            if key not in ("scenario", "sampler"):
+                values[metric_key("verdict", row["scenario"], row["sampler"], key)] = value
     for row in recovery.to_dict("records"):
         prefix = ("recovery", row["scenario"], row["sampler"], row["parameter"])
         for key, value in row.items():
@@ -171,8 +181,10 @@ def log_study(client, exp, digest):
     for i in range(0, len(batch), 1000):
         client.log_batch(parent, metrics=batch[i : i + 1000])
     client.log_dict(parent, config, "config.yaml")
+    client.log_table(parent, verdict, "verdict_table.json")
     client.log_table(parent, recovery, "recovery_table.json")
-    for path in ["results/recovery/" + n for n in ("recovery.csv", "check.json", "ranks.csv")]:
+    names = ("verdict.csv", "verdict.txt", "recovery.csv", "check.json", "ranks.csv")
+    for path in ["results/recovery/" + n for n in names]:
         client.log_artifact(parent, path, "recovery")
     for path in ["results/recovery/coverage.png", "results/recovery/ranks.png"]:
         client.log_artifact(parent, path, "recovery")
@@ -181,35 +193,47 @@ def log_study(client, exp, digest):
     if not bench.empty:
         client.log_text(parent, bench.to_csv(index=False), "benchmarks.csv")
 
-    for scenario, replicate, sampler in sm.params.fits:
-        log_fit(client, exp, parent, scenario, replicate, sampler, fits, bench, now)
+    for scenario, sampler in sm.params.analyses:
+        log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, now)
     client.set_tag(parent, COMPLETE_TAG, "true")
     client.set_terminated(parent)
     return parent
 
 
-def log_fit(client, exp, parent, scenario, replicate, sampler, fits, bench, now):
-    name = f"{scenario}/{replicate}/{sampler}"
+def log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, now):
+    """One nested run per scenario and sampler: every replicate's fit, in its tables."""
+    name = f"{scenario}/{sampler}"
     run = client.create_run(exp, tags={PARENT_TAG: parent, "mlflow.runName": name}).info.run_id
     folder = f"results/analysis/{scenario}/{sampler}"
-    row = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
-    row = row[row.replicate == replicate].iloc[0].to_dict()
-    summary = pd.read_csv(f"{folder}/summary.csv")
-    summary = summary[summary.replicate == replicate]
-    ppc = pd.read_csv(f"{folder}/ppc.csv")
-    ppc = ppc[ppc.replicate == replicate]
+    rows = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
+    first = rows.iloc[0].to_dict()
+    recovery = pd.read_csv(f"{folder}/recovery.csv")
     scenario_config = next(s for s in config["scenarios"] if s["name"] == scenario)
-    params = {"scenario": scenario, "replicate": replicate, "sampler": sampler}
-    params.update({k: row[k] for k in ("chains", "draws", "warmup", "thin", "seed", "device")})
+    params = {"scenario": scenario, "sampler": sampler, "replicates": len(rows)}
+    keys = ("chains", "superchains", "draws", "warmup", "thin", "seed", "device", "dtype")
+    params.update({k: first[k] for k in keys})
     params.update({f"data.{k}": v for k, v in flat_config(scenario_config).items()})
-    values = {k: v for k, v in row.items() if k not in params}
-    for record in summary.to_dict("records"):
-        for key in ("mean", "sd", "r_hat", "ess_bulk", "ess_tail", "mcse_mean", "eti_width"):
-            values[metric_key(record["parameter"], key)] = record[key]
-    for record in ppc.to_dict("records"):
-        values[metric_key("ppc", record["field"], record["statistic"], "p_value")] = record[
-            "p_value"
-        ]
+    values = {
+        "fits": len(rows),
+        "failed_fits": int((~rows["passed"]).sum()),
+        "r_hat_max": rows["rhat"].max(),
+        "ess_bulk_min": rows["ess_bulk"].min(),
+        "ess_bulk_median": rows["ess_bulk"].median(),
+        "ess_tail_min": rows["ess_tail"].min(),
+        "divergences": rows["divergences"].sum(),
+        "warmup_time": first["warmup_time"],
+        "sampling_time": first["sampling_time"],
+        "restarted_chains": first["restarted_chains"],
+        "acceptance_rate": rows["acceptance_rate"].mean(),
+    }
+    row = verdict[(verdict.scenario == scenario) & (verdict.sampler == sampler)]
+    if not row.empty:
+        values["passed"] = int(row["passed"].iloc[0])
+        values["power"] = row["power"].iloc[0]
+    for record in recovery.to_dict("records"):
+        for key, value in record.items():
+            if key.startswith(("coverage_", "bias", "rmse", "rank_p_value")):
+                values[metric_key(record["parameter"], key)] = value
     job = bench[(bench.rule == "sample") & (bench.job == name)] if not bench.empty else bench
     if not job.empty:
         values["benchmark.sample.s"] = job["s"].iloc[0]
@@ -219,10 +243,12 @@ def log_fit(client, exp, parent, scenario, replicate, sampler, fits, bench, now)
         metrics=metrics(values, now),
         params=[Param(k, str(v)) for k, v in params.items()],
     )
-    client.log_text(run, summary.to_csv(index=False), "summary.csv")
-    client.log_text(run, ppc.to_csv(index=False), "ppc.csv")
-    if replicate < sm.params.plot_replicates:
-        client.log_artifacts(run, f"results/plots/{scenario}/{sampler}/{replicate}", "plots")
+    for table in ("fits.csv", "summary.csv", "ppc.csv", "recovery.csv"):
+        client.log_artifact(run, f"{folder}/{table}", "tables")
+    for replicate in range(sm.params.plot_replicates):
+        client.log_artifacts(
+            run, f"results/plots/{scenario}/{sampler}/{replicate}", f"plots/{replicate}"
+        )
     client.set_terminated(run)
 
 
