@@ -8,10 +8,11 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "workflow/rules/common.smk"
+
+
+report: report_description("workflow/report/workflow.rst")
+
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/map.smk"
 include: "workflow/rules/sample.smk"

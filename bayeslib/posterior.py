@@ -158,6 +158,11 @@ class Posterior:
         return name in self.draws
 
     def __repr__(self):
+        if self.datasets > 1:
+            return (
+                f"Posterior(datasets={self.datasets}, chains={self.chains // self.datasets} "
+                f"each, draws={self.num_draws}, {_shapes(self.draws)})"
+            )
         return f"Posterior(chains={self.chains}, draws={self.num_draws}, {_shapes(self.draws)})"
 
     # ----- summaries, derived quantities, probabilities, intervals

@@ -73,7 +73,7 @@ def sample(
     superchains: the number of distinct starting points per data set; the chains that share
         one form a superchain, which nested R-hat (`diagnostics.rhat_nested`, for many short
         chains) compares. None: 4 when there are 16 or more chains (divisible by 4), else one
-        start per chain.
+        start per chain; with a dict `init` (the user's own starts), one per chain.
     progress: a progress bar on stderr (when it is a terminal) with the acceptance rate and,
         for HMC and NUTS, divergences and the mean step size.
     traced: run the log density as a traced graph of tensor operations (`bayeslib.tracing`),
@@ -87,7 +87,7 @@ def sample(
     _check_int("draws", draws, 1)
     _check_int("thin", thin, 1)
     _check_int("seed", seed, 0)
-    superchains = _superchains(chains, superchains)
+    superchains = _superchains(chains, superchains, init)
     kernel = make_sampler(sampler, **sampler_options)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -408,7 +408,9 @@ def _with_curvature(model, start, chains, seed) -> Start:
     return start._replace(covariance=covariance, laplace_fallbacks=fallbacks)
 
 
-def _superchains(chains, superchains):
+def _superchains(chains, superchains, init):
+    if superchains is None and isinstance(init, dict):
+        return chains  # the user's own starts: no shared ones to compare
     if superchains is None:
         many = chains >= MANY_CHAINS and chains % DEFAULT_SUPERCHAINS == 0
         return DEFAULT_SUPERCHAINS if many else chains

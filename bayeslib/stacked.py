@@ -159,6 +159,12 @@ class Stacked:
 
     def _split(self, values):
         """{name: ``[datasets * n, ...]``} -> one such dict ``[n, ...]`` per data set."""
+        for value in values.values():
+            if value.shape[0] % self.datasets:
+                raise ValueError(
+                    f"{self.name} x {self.datasets} data sets: a batch of {value.shape[0]} is "
+                    "not a multiple of the number of data sets"
+                )
         chunks = {name: value.chunk(self.datasets) for name, value in values.items()}
         return [{name: chunks[name][r] for name in chunks} for r in range(self.datasets)]
 

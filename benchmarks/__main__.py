@@ -1,15 +1,23 @@
-"""`python -m benchmarks --quick | --full [--device cuda] [--out results/benchmarks]`
+"""`python -m benchmarks --quick | --full [--hard] [--device cuda] [--out results/benchmarks]`
 
 Runs each contender on the seed's two models with the same settings (float64, 4 chains, fixed
 seeds), each run in a fresh process, repeated; reports wall time (compilation and warmup
 included), minimum bulk ESS and maximum R-hat over parameters (ArviZ, the same code for all),
 ESS per second and posterior means; prints medians and the ratios of bayeslib's samplers to
 each peer; writes CSV files and PNG plots. Then the scaling study over the number of chains.
+
+`--hard` runs instead the two hard posteriors of issue 17 (a regression with uncentred
+predictors and their interaction, a trend over calendar years) with bayeslib's Metropolis on 64
+chains and NUTS on 4, 1000 + 1000 iterations, each twice (three times with --full): wall time,
+the minimum over parameters of bulk ESS, tail ESS and the ESS of the centred squares, that
+minimum per second, and the maximum R-hat (split; nested, over bl.sample's 4 superchains, for
+64 chains). Written to hard.csv.
 """
 
 import argparse
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -18,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cases import CASES
+from .cases import CASES, HARD_CASES
 from .runners import RUNNERS
 
 SETTINGS = {
@@ -29,6 +37,9 @@ SETTINGS = {
         "scaling": [2, 8],
         "scaling_warmup": 100,
         "scaling_draws": 100,
+        "hard_warmup": 30,
+        "hard_draws": 30,
+        "hard_repeats": 1,
     },
     "quick": {
         "warmup": 200,
@@ -37,6 +48,9 @@ SETTINGS = {
         "scaling": [1, 4, 64],
         "scaling_warmup": 200,
         "scaling_draws": 200,
+        "hard_warmup": 1000,
+        "hard_draws": 1000,
+        "hard_repeats": 2,
     },
     "full": {
         "warmup": 1000,
@@ -45,6 +59,9 @@ SETTINGS = {
         "scaling": [1, 4, 64, 1024, 16384],
         "scaling_warmup": 500,
         "scaling_draws": 500,
+        "hard_warmup": 1000,
+        "hard_draws": 1000,
+        "hard_repeats": 3,
     },
 }
 OURS = ["bayeslib-metropolis", "bayeslib-hmc", "bayeslib-nuts"]
@@ -53,6 +70,10 @@ SCALING = ["bayeslib-metropolis", "bayeslib-hmc", "bayeslib-nuts", "numpyro-vect
 # The most chains each contender runs in the scaling study: NUTS's lockstep trees make
 # larger batches take many minutes on a CPU.
 MAX_CHAINS = {"numpyro-vectorized": 1024, "bayeslib-nuts": 1024}
+# The hard posteriors: each contender with the chains it is meant for (a random walk gains from
+# many short chains; NUTS needs few long ones), and bl.sample's superchains for 64 chains.
+HARD = {"bayeslib-metropolis": 64, "bayeslib-nuts": 4}
+SUPERCHAINS = 4
 
 
 def installed(name):
@@ -103,6 +124,64 @@ def measure(values):
         max(float(rhat[k].max()) for k in values),
         means,
     )
+
+
+def measure_hard(values):
+    """Over parameters: the minimum bulk ESS, tail ESS and ESS of the centred squares (the
+    mean ESS of (x - mean)^2, ArviZ), the maximum split R-hat (ArviZ) and the maximum nested
+    R-hat over `SUPERCHAINS` superchains of consecutive chains (NaN where each holds one)."""
+    import arviz as az
+
+    from bayeslib.diagnostics import rhat_nested
+
+    idata = az.from_dict(posterior=values)
+    squares = az.from_dict(posterior={k: (v - v.mean(axis=(0, 1))) ** 2 for k, v in values.items()})
+
+    def largest(table):
+        return max(float(table[k].max()) for k in values)
+
+    chains = next(iter(values.values())).shape[0]
+    nested = [np.max(rhat_nested(v, SUPERCHAINS)) for v in values.values()]
+    return {
+        "min_ess_bulk": -largest(-az.ess(idata, method="bulk")),
+        "min_ess_tail": -largest(-az.ess(idata, method="tail")),
+        "min_ess_sq": -largest(-az.ess(squares, method="mean")),
+        "max_r_hat": largest(az.rhat(idata)),
+        "max_r_hat_nested": max(nested) if chains > SUPERCHAINS else math.nan,
+    }
+
+
+def hard(settings, device, threads, out, names):
+    rows = []
+    for case in HARD_CASES:
+        for name in names:
+            chains = HARD[name]
+            for repeat in range(settings["hard_repeats"]):
+                values, wall, peak = run_once(
+                    name,
+                    case,
+                    chains,
+                    settings["hard_warmup"],
+                    settings["hard_draws"],
+                    repeat,
+                    device,
+                    threads,
+                )
+                row = {"case": case, "contender": name, "chains": chains, "repeat": repeat}
+                row.update(wall_s=wall, **measure_hard(values), peak_mib=peak)
+                row["min_ess"] = min(row["min_ess_bulk"], row["min_ess_tail"], row["min_ess_sq"])
+                row["min_ess_per_s"] = row["min_ess"] / wall
+                rows.append(row)
+                print(
+                    f"  {case:6s} {name:20s} chains {chains:3d}  wall {wall:7.2f} s  ESS bulk "
+                    f"{row['min_ess_bulk']:6.0f} tail {row['min_ess_tail']:6.0f} sq "
+                    f"{row['min_ess_sq']:6.0f}  min ESS/s {row['min_ess_per_s']:8.1f}  R-hat "
+                    f"{row['max_r_hat']:.3f} nested {row['max_r_hat_nested']:.4f}",
+                    flush=True,
+                )
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "hard.csv", index=False)
+    return runs
 
 
 def comparison(settings, device, threads, out, names):
@@ -252,6 +331,12 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument(
+        "--hard",
+        action="store_true",
+        help=f"only the hard posteriors ({', '.join(HARD_CASES)}) with "
+        + ", ".join(f"{name} on {chains} chains" for name, chains in HARD.items()),
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated contenders, e.g. bayeslib-nuts,"
         f"numpyro-vectorized (default: all of {', '.join(OURS + PEERS)})",
@@ -260,11 +345,22 @@ def main(argv=None):
     settings = SETTINGS["full" if args.full else "smoke" if args.smoke else "quick"]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    print("comparison (4 chains, float64):")
-    names = args.only.split(",") if args.only else OURS + PEERS
-    unknown = sorted(set(names) - set(RUNNERS))
+    names = args.only.split(",") if args.only else list(HARD) if args.hard else OURS + PEERS
+    known = HARD if args.hard else RUNNERS
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        parser.error(f"--only: unknown contenders {unknown}; known: {sorted(RUNNERS)}")
+        parser.error(f"--only: unknown contenders {unknown}; known: {sorted(known)}")
+    if args.hard:
+        print("hard posteriors (float64):")
+        runs = hard(settings, args.device, args.threads, args.out, names)
+        columns = ["case", "contender", "chains", "repeat", "wall_s", "min_ess_bulk"]
+        columns += ["min_ess_tail", "min_ess_sq", "min_ess_per_s", "max_r_hat", "max_r_hat_nested"]
+        with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+            print("\n", runs[columns].to_string(index=False))
+        print(f"\nwritten to {args.out}/hard.csv")
+        return
+
+    print("comparison (4 chains, float64):")
     medians = comparison(settings, args.device, args.threads, args.out, names)
     table = ratios(medians)
     table.to_csv(args.out / "ratios.csv", index=False)

@@ -1,8 +1,10 @@
-"""The seed's two data sets, shared as NumPy arrays by every library in a benchmark."""
+"""The data sets shared as NumPy arrays by every library in a benchmark: the seed's two, and two
+hard posteriors (strong correlations, scales far apart) from issue 17."""
 
 import numpy as np
 
 CASES = ("best", "linear")
+HARD_CASES = ("kidiq", "trend")
 
 
 def best_data(seed=0):
@@ -19,5 +21,28 @@ def linear_data(seed=0):
     return {"X": X, "y": X @ np.array([2.0, 1.0, -3.0]) + rng.standard_normal(200)}
 
 
+def kidiq_data(seed=0):
+    """Shaped like the kidiq data: N = 434, mom_hs ~ Bernoulli(0.79), mom_iq ~ Normal(100, 15),
+    X = [1, mom_hs, mom_iq, mom_hs * mom_iq] (uncentred, with the interaction),
+    kid_score = X @ [-11.5, 51.3, 0.97, -0.48] + Normal(0, 18): posterior sds of the
+    coefficients from 0.12 to 14, correlations down to -0.99."""
+    rng = np.random.default_rng(seed)
+    n = 434
+    mom_hs = (rng.random(n) < 0.79).astype(np.float64)
+    mom_iq = 100.0 + 15.0 * rng.standard_normal(n)
+    X = np.column_stack([np.ones(n), mom_hs, mom_iq, mom_hs * mom_iq])
+    return {"X": X, "y": X @ np.array([-11.5, 51.3, 0.97, -0.48]) + 18.0 * rng.standard_normal(n)}
+
+
+def trend_data(seed=0):
+    """A temperature's linear trend over the calendar years 1952-2013 (uncentred):
+    y = 9 + 0.02 * (year - 1982.5) + Normal(0, 1): the intercept and slope correlate at
+    -0.99996, with posterior sds near 13 and 0.006."""
+    rng = np.random.default_rng(seed)
+    year = np.arange(1952, 2014, dtype=np.float64)
+    return {"year": year, "y": 9.0 + 0.02 * (year - 1982.5) + rng.standard_normal(year.size)}
+
+
 def data(case, seed=0):
-    return {"best": best_data, "linear": linear_data}[case](seed)
+    fns = {"best": best_data, "linear": linear_data, "kidiq": kidiq_data, "trend": trend_data}
+    return fns[case](seed)

@@ -23,12 +23,48 @@ def runner(name, library):
 # ----- bayeslib
 
 
-def _bayeslib(sampler, case, chains, warmup, draws, seed, device):
+def _bayeslib_model(case):
+    """The case's bayeslib model: the seed's two, or the hard posteriors of issue 17 (as in
+    tests/test_metropolis_hard.py)."""
+    from torch.distributions import HalfNormal, Normal
+
     import bayeslib as bl
     from bayeslib.models import Best, LinearRegression
 
-    values = data(case)
-    model = Best(**values) if case == "best" else LinearRegression(**values)
+    class KidScore(bl.Model):
+        beta = bl.Param(None, shape=(4,))
+        sigma = bl.Param(None, support=bl.constraints.positive)
+
+        def __init__(self, X, y):
+            super().__init__(X=X, y=y)
+
+        def observe(self, p):
+            return {"y": Normal(self.X @ p.beta, p.sigma)}
+
+    class TemperatureTrend(bl.Model):
+        a = bl.Param(Normal(0.0, 1000.0))
+        b = bl.Param(Normal(0.0, 10.0))
+        sigma = bl.Param(HalfNormal(10.0))
+
+        def __init__(self, year, y):
+            super().__init__(year=year, y=y)
+
+        def observe(self, p):
+            return {"y": Normal(p.a + p.b * self.year, p.sigma)}
+
+    models = {
+        "best": Best,
+        "linear": LinearRegression,
+        "kidiq": KidScore,
+        "trend": TemperatureTrend,
+    }
+    return models[case](**data(case))
+
+
+def _bayeslib(sampler, case, chains, warmup, draws, seed, device):
+    import bayeslib as bl
+
+    model = _bayeslib_model(case)
     post = bl.sample(
         model,
         sampler=sampler,

@@ -27,3 +27,22 @@ def test_smoke_benchmark_of_bayeslib(tmp_path):
         assert image.std() > 0
     ratios = pd.read_csv(tmp_path / "ratios.csv")
     assert "best bayeslib" in set(ratios.bayeslib)
+
+
+def test_smoke_benchmark_of_the_hard_posteriors(tmp_path):
+    main(["--smoke", "--hard", "--out", str(tmp_path)])
+    runs = pd.read_csv(tmp_path / "hard.csv")
+    assert set(zip(runs.case, runs.contender, runs.chains, strict=True)) == {
+        (case, name, chains)
+        for case in ("kidiq", "trend")
+        for name, chains in [("bayeslib-metropolis", 64), ("bayeslib-nuts", 4)]
+    }
+    assert (runs.wall_s > 0).all()
+    ess = runs[["min_ess_bulk", "min_ess_tail", "min_ess_sq"]]
+    assert (ess > 0).all().all() and (runs.min_ess == ess.min(axis=1)).all()
+    assert (runs.min_ess_per_s == runs.min_ess / runs.wall_s).all()
+    assert (runs.max_r_hat >= 0.99).all()
+    # nested R-hat over 4 superchains of 16 chains; undefined for 4 chains of one each
+    metropolis = runs.contender == "bayeslib-metropolis"
+    assert runs.max_r_hat_nested[metropolis].notna().all()
+    assert runs.max_r_hat_nested[~metropolis].isna().all()

@@ -14,19 +14,14 @@ from snakemake_cli import ROOT, run_snakemake
 import bayeslib as bl
 
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
-# The test config's fits: best with both samplers, linear with Metropolis only, 2 replicates.
-FITS = [
-    ("best", 0, "metropolis"),
-    ("best", 0, "nuts"),
-    ("best", 1, "metropolis"),
-    ("best", 1, "nuts"),
-    ("linear", 0, "metropolis"),
-    ("linear", 1, "metropolis"),
-]
+# The test config's jobs: best with both samplers, linear with Metropolis only; each job fits
+# every one of the 24 replicates.
+ANALYSES = [("best", "metropolis"), ("best", "nuts"), ("linear", "metropolis")]
+REPLICATES = 24
 PLANNED_JOBS = {
     "simulate": 2,
     "map": 2,
-    "sample": 6,
+    "sample": 3,
     "analyze": 3,
     "recovery": 1,
     "report": 1,
@@ -79,6 +74,7 @@ def run_study(workdir):
     code, output = snakemake(workdir)
     assert code == 0, output
     assert planned_jobs(output) == PLANNED_JOBS
+    (workdir / "output.txt").write_text(output)
     return workdir
 
 
@@ -102,11 +98,14 @@ def test_every_output_exists_and_is_valid(study):
             json.loads(path.read_text())
         elif path.suffix == ".csv":
             assert len(pd.read_csv(path)) > 0, path
-    for scenario, replicate, sampler in FITS:
-        post = bl.Posterior.load(study / f"results/posterior/{scenario}/{replicate}/{sampler}.npz")
+    for scenario, sampler in ANALYSES:
+        post = bl.Posterior.load(study / f"results/posterior/{scenario}/{sampler}.npz")
         assert post.attrs["scenario"] == scenario and post.attrs["device"] == "cpu"
+        assert post.datasets == REPLICATES and post.attrs["superchains"] == 4
+        assert post.warmup is None  # the study keeps the draws only
     fits = pd.read_csv(study / "results/report/fits.csv")
-    assert len(fits) == len(FITS)
+    assert len(fits) == len(ANALYSES) * REPLICATES
+    assert fits["passed"].all() and (fits["rhat_kind"] == "nested").all()
     best = fits[fits.scenario == "best"]
     assert best["p_difference_below_0"].between(0, 1).all()
     assert (best["difference_low"] < best["difference_high"]).all()
@@ -115,39 +114,65 @@ def test_every_output_exists_and_is_valid(study):
     assert (linear["y_new_mean"] < linear["y_new_high"]).all()
     recovery = pd.read_csv(study / "results/recovery/recovery.csv")
     assert len(recovery) == 2 * 4 + 4  # best: 2 samplers x 4 parameters; linear: 4 parameters
-    assert json.loads((study / "results/recovery/check.json").read_text())["passed"]
+    assert (recovery["replicates"] == REPLICATES).all()
+    check = json.loads((study / "results/recovery/check.json").read_text())
+    assert check["passed"] is True and check["failed_fits"] == []
+    assert check["replicates"] == {"best": REPLICATES, "linear": REPLICATES}
+    assert set(check["power"]) == {"best", "linear"}
+    assert set(check["power"]["best"]) == {"metropolis", "nuts"}
+    assert 0 < check["power"]["linear"]["metropolis"] < 1
+    verdict = pd.read_csv(study / "results/recovery/verdict.csv")
+    assert len(verdict) == len(ANALYSES) and verdict["passed"].all()
     assert {"s", "max_rss"} <= set(
-        pd.read_csv(study / "results/benchmarks/sample/best/0/nuts.tsv", sep="\t").columns
+        pd.read_csv(study / "results/benchmarks/sample/best/nuts.tsv", sep="\t").columns
     )
 
 
-def test_mlflow_holds_one_parent_run_with_a_nested_run_per_fit(study):
+def test_console_ends_with_the_verdict_and_where_to_look_next(study):
+    output = (study / "output.txt").read_text()
+    tail = output[output.rindex("Recovery verdict") :]
+    for scenario, sampler in ANALYSES:
+        assert f"{scenario}/{sampler}" in tail
+    assert "passed" in tail and "FAILED" not in tail
+    assert "snakemake --report results/report.html" in tail and "mlflow ui" in tail
+    # Healthy fits: nothing flagged.
+    assert "failed fit" not in output and "recovery check failed" not in output
+
+
+def test_mlflow_holds_one_parent_run_with_a_nested_run_per_scenario_and_sampler(study):
     client, runs = mlflow_runs(study)
     parents = [r for r in runs if r.data.tags.get("bayeslib.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(children) == len(FITS)
+    assert len(parents) == 1 and len(children) == len(ANALYSES)
     parent = parents[0]
     assert parent.data.tags["bayeslib.complete"] == "true"
     assert parent.data.tags["device"] == "cpu"
     assert parent.data.tags["version.torch"]
     assert parent.data.params["samplers.nuts.chains"] == "4"
     assert parent.data.metrics["recovery.passed"] == 1
+    assert parent.data.metrics["recovery.failed_fits"] == 0
     assert "recovery.best.nuts.mu_0.coverage_0.95" in parent.data.metrics
+    assert 0 < parent.data.metrics["verdict.best.nuts.power"] < 1
     assert parent.data.metrics["benchmark.sample.s"] > 0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "recovery")}
-    assert "recovery/recovery.csv" in artifacts and "recovery/ranks.png" in artifacts
+    assert {"recovery/recovery.csv", "recovery/ranks.png", "recovery/verdict.csv"} <= artifacts
+    assert "verdict_table.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # Artifacts live inside the project, not in ./mlruns of the working directory.
     assert parent.info.artifact_uri.startswith((study / "results/mlflow/artifacts").as_uri())
     assert not (study / "mlruns").exists()
     names = {r.data.tags["mlflow.runName"]: r for r in children}
-    assert set(names) == {f"{s}/{r}/{m}" for s, r, m in FITS}
-    child = names["best/0/nuts"]
+    assert set(names) == {f"{s}/{m}" for s, m in ANALYSES}
+    child = names["best/nuts"]
     assert child.data.params["sampler"] == "nuts"
-    assert {"r_hat_max", "ess_bulk_min", "mu_0.r_hat", "ess_bulk_per_second"} <= set(
+    assert child.data.params["replicates"] == str(REPLICATES)
+    assert child.data.metrics["fits"] == REPLICATES and child.data.metrics["failed_fits"] == 0
+    assert {"r_hat_max", "ess_bulk_min", "ess_tail_min", "mu_0.coverage_0.95"} <= set(
         child.data.metrics
     )
-    plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
-    assert "plots/forest.png" in plots
+    tables = {a.path for a in client.list_artifacts(child.info.run_id, "tables")}
+    assert "tables/fits.csv" in tables
+    plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots/0")}
+    assert "plots/0/forest.png" in plots
 
 
 def test_second_invocation_does_nothing_and_tracking_never_duplicates(study, tmp_path):
@@ -157,7 +182,7 @@ def test_second_invocation_does_nothing_and_tracking_never_duplicates(study, tmp
     code, output = snakemake(study, "--forcerun", "track")
     assert code == 0 and "already logged" in output, output
     _, runs = mlflow_runs(study)
-    assert len(runs) == 1 + len(FITS)
+    assert len(runs) == 1 + len(ANALYSES)
 
 
 def test_report_is_one_self_contained_html_file(study, tmp_path):
@@ -179,7 +204,7 @@ def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path
     client, runs = mlflow_runs(workdir)
     parent = next(r for r in runs if r.data.tags.get("bayeslib.role") == "study")
     assert parent.data.metrics["reproduce.passed"] == 1
-    assert len(runs) == 1 + len(FITS)
+    assert len(runs) == 1 + len(ANALYSES)
 
 
 @pytest.mark.parametrize(
@@ -220,8 +245,9 @@ def test_default_study_plans_every_fit():
     code, output = snakemake(ROOT, "-n", "--forceall", config=ROOT / "config/config.yaml")
     assert code == 0, output
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    replicates, scenarios = config["replicates"], len(config["scenarios"])
+    scenarios = len(config["scenarios"])
+    assert config["replicates"] >= 500
     jobs = planned_jobs(output)
-    assert jobs["sample"] == replicates * scenarios * len(config["samplers"])
+    assert jobs["sample"] == scenarios * len(config["samplers"])
     assert jobs["simulate"] == jobs["map"] == scenarios
     assert jobs["analyze"] == scenarios * len(config["samplers"])

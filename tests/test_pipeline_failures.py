@@ -1,5 +1,6 @@
-"""The pipeline when things go wrong: a wrong model fails the recovery check, and a sampling job
-killed half-way is redone, never taken as a result."""
+"""The pipeline when things go wrong: a wrong model fails the recovery check, fits that did not
+converge are named and fail the verdict, and a sampling job killed half-way is redone, never
+taken as a result."""
 
 import json
 import os
@@ -15,6 +16,10 @@ import bayeslib as bl
 
 def snakemake(workdir, config, *args):
     return run_snakemake(workdir, config, *args)
+
+
+# Enough iterations for every fit to pass its convergence checks (bulk and tail ESS >= 400).
+METROPOLIS = {"name": "metropolis", "chains": 16, "warmup": 300, "draws": 250, "thin": 4}
 
 
 def write_config(path, scenario, sampler, replicates, strict=True):
@@ -34,21 +39,53 @@ def test_recovery_check_fails_when_the_fitted_model_is_wrong(tmp_path):
     # The data come from mu = (0.3, 0); the fitted prior mu ~ Normal(0, 0.01) pins mu near 0,
     # so the intervals of mu[0] miss its truth in every replicate.
     scenario = {"name": "wrong_prior", "model": "best", "fit_prior_scale": 0.01}
-    sampler = {"name": "metropolis", "chains": 16, "warmup": 300, "draws": 200}
-    config = write_config(tmp_path / "lenient.yaml", scenario, sampler, 4, strict=False)
+    config = write_config(tmp_path / "lenient.yaml", scenario, METROPOLIS, 8, strict=False)
     code, output = snakemake(tmp_path, config, "results/recovery/check.json")
     assert code == 0, output
     check = json.loads((tmp_path / "results/recovery/check.json").read_text())
-    assert not check["passed"]
+    assert check["passed"] is False and check["failed_fits"] == []
     assert any(
-        f.startswith("wrong_prior/metropolis: 95% intervals cover mu[0] in 0/4")
+        f.startswith("wrong_prior/metropolis: 95% intervals cover mu[0] in 0.0% of 8 replicates")
         for f in check["failures"]
     )
 
-    config = write_config(tmp_path / "strict.yaml", scenario, sampler, 4, strict=True)
-    code, output = snakemake(tmp_path, config, "results/recovery/check.json")
+    # The whole study, as a user runs it: non-zero exit, the verdict table last.
+    config = write_config(tmp_path / "strict.yaml", scenario, METROPOLIS, 8, strict=True)
+    code, output = snakemake(tmp_path, config)
     assert code != 0
     assert "recovery check failed: wrong_prior/metropolis" in output, output
+    assert json.loads((tmp_path / "results/recovery/check.json").read_text())["passed"] is False
+    tail = output[output.rindex("Recovery verdict") :]
+    assert "wrong_prior/metropolis" in tail and "FAILED" in tail
+
+
+def test_fits_that_did_not_converge_are_named_and_fail_the_verdict(tmp_path):
+    # Far too few iterations for 16 chains to reach 400 effective draws: every fit fails its
+    # checks, is named with its reason, and is left out of coverage.
+    scenario = {"name": "short", "model": "best"}
+    sampler = {"name": "metropolis", "chains": 16, "warmup": 50, "draws": 20}
+    config = write_config(tmp_path / "config.yaml", scenario, sampler, 3, strict=False)
+    code, output = snakemake(tmp_path, config)
+    assert code == 0, output
+    check = json.loads((tmp_path / "results/recovery/check.json").read_text())
+    assert check["passed"] is False
+    assert [(f["scenario"], f["replicate"], f["sampler"]) for f in check["failed_fits"]] == [
+        ("short", r, "metropolis") for r in range(3)
+    ]
+    assert all("ess_bulk" in f["reason"] for f in check["failed_fits"])
+    assert any("3 of 3 fits failed their convergence checks" in f for f in check["failures"])
+    assert "failed fit: short/0/metropolis" in output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name("bayeslib-recovery")
+    parent = next(
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("bayeslib.role") == "study"
+    )
+    assert parent.data.metrics["recovery.passed"] == 0
+    assert parent.data.metrics["recovery.failed_fits"] == 3
 
 
 def test_killed_sampling_job_is_redone_and_never_taken_as_a_result(tmp_path):
@@ -56,8 +93,8 @@ def test_killed_sampling_job_is_redone_and_never_taken_as_a_result(tmp_path):
     # Long enough that the job is still sampling when it is killed.
     sampler = {"name": "metropolis", "chains": 8, "warmup": 6000, "draws": 2000}
     config = write_config(tmp_path / "config.yaml", scenario, sampler, 1)
-    target = "results/posterior/best/0/metropolis.npz"
-    log = tmp_path / "results/logs/sample/best/0/metropolis.log"
+    target = "results/posterior/best/metropolis.npz"
+    log = tmp_path / "results/logs/sample/best/metropolis.log"
     process = subprocess.Popen(
         snakemake_command(tmp_path, config, target),
         stdout=subprocess.DEVNULL,

@@ -138,3 +138,62 @@ def track_inputs(wc):
         inputs["verdict"] = "results/reproduce/verdict.json"
         inputs["study"] = "results/mlflow/study.logged.json"
     return inputs
+
+
+def report_description(static):
+    """The report's first page: the study's description, led by its verdict table once the
+    recovery rule has written one (and the reproduce verdict when there is one)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    verdict = Path(RECOVERY["verdict"])
+    static = Path(workflow.basedir, static)
+    if not verdict.exists():
+        return str(static)
+    check = json.loads(Path(RECOVERY["check"]).read_text())
+    rows = list(csv.DictReader(verdict.open()))
+    levels = config["recovery"]["levels"]
+    header = ["scenario / sampler", "fits", "failed fits"]
+    header += [f"{level:.0%} coverage (band)" for level in levels]
+    header += ["SBC p", "power", "verdict"]
+    lines = [
+        "Recovery verdict: " + ("**passed**" if check["passed"] else "**FAILED**"),
+        "=" * 60,
+        "",
+        ".. csv-table::",
+        "   :header: " + ", ".join(f'"{h}"' for h in header),
+        "",
+    ]
+    for row in rows:
+        cells = [f"{row['scenario']}/{row['sampler']}", row["fits"], row["failed_fits"]]
+        for level in levels:
+            key = f"coverage_{level:g}"
+            cells.append(
+                f"{float(row[key + '_min']):.2f}-{float(row[key + '_max']):.2f} "
+                f"in [{float(row[key + '_band_low']):.2f}, {float(row[key + '_band_high']):.2f}]"
+            )
+        cells += [f"{float(row['rank_p_value_min']):.3f}", f"{float(row['power']):.2f}"]
+        cells.append("passed" if row["passed"] == "True" else "FAILED")
+        lines.append("   " + ", ".join(f'"{c}"' for c in cells))
+    lines.append("")
+    for failure in check["failures"]:
+        lines.append(f"- {failure}")
+    for fit in check["failed_fits"][:20]:
+        lines.append(
+            f"- failed fit {fit['scenario']}/{fit['replicate']}/{fit['sampler']}: {fit['reason']}"
+        )
+    reproduce = Path("results/reproduce/verdict.json")
+    if reproduce.exists():
+        result = json.loads(reproduce.read_text())
+        lines += [
+            "",
+            f"Reproduce verdict: {'**passed**' if result['passed'] else '**FAILED**'} "
+            f"({result['mode']}; {result['numbers_compared']} numbers compared, "
+            f"{result['numbers_different']} different).",
+        ]
+    lines += ["", "", static.read_text()]
+    out = Path(".snakemake/report/workflow.rst")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return str(out.resolve())

@@ -23,6 +23,5 @@ curvature = sum(m.covariance is not None for m in modes)
 print(
     f"{sm.output[0]}: {converged}/{len(modes)} modes converged, {curvature} with usable curvature"
 )
-print(
-    f"replicate 0: {study.flat(modes[0].params)} (truth {study.flat({k: v[0] for k, v in truth.items()})})"
-)
+first_truth = study.flat({k: v[0] for k, v in truth.items()})
+print(f"replicate 0: {study.flat(modes[0].params)} (truth {first_truth})")

@@ -35,6 +35,6 @@ ax.set_yticks(y, labels)
 ax.set(
     title="Effective draws per second of each job (warmup included)",
     xlabel="sum over data sets of min(bulk ESS, tail ESS) / (warmup + sampling time)",
-    xscale="log",
+    xlim=(0, 1.15 * rate.max()),
 )
 study.save_figure(sm.output.efficiency, fig)
