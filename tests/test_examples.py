@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SMALL = ["--chains", "2", "--warmup", "100", "--draws", "100"]
 

@@ -13,6 +13,8 @@ from snakemake_cli import ROOT, run_snakemake
 
 import bayeslib as bl
 
+pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
+
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 # The test config's jobs: best with both samplers, linear with Metropolis only; each job fits
 # every one of the 24 replicates.

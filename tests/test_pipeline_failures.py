@@ -8,10 +8,13 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 from snakemake_cli import run_snakemake, snakemake_command
 
 import bayeslib as bl
+
+pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
 
 
 def snakemake(workdir, config, *args):

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from snakemake_cli import run_snakemake
 
+pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
+
 CONFIG = {
     "seed": 3,
     "replicates": 2,
