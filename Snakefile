@@ -28,6 +28,7 @@ rule all:
     input:
         science_files(),
         "results/mlflow/study.logged.json",
+        "results/recovery/gate.json",
 
 
 rule science:

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_output
 from snakemake.utils import validate
 
@@ -143,14 +146,21 @@ def track_inputs(wc):
 def report_description(static):
     """The report's first page: the study's description, led by its verdict table once the
     recovery rule has written one (and the reproduce verdict when there is one)."""
+    static = Path(workflow.basedir, static)
+    try:
+        return _description_with_verdict(static)
+    except (OSError, ValueError, KeyError):  # no verdict yet, or an unreadable one
+        return str(static)
+
+
+def _description_with_verdict(static):
     import csv
     import json
-    from pathlib import Path
+
+    def number(text, digits):
+        return f"{float(text):.{digits}f}" if text not in ("", "nan") else "-"
 
     verdict = Path(RECOVERY["verdict"])
-    static = Path(workflow.basedir, static)
-    if not verdict.exists():
-        return str(static)
     check = json.loads(Path(RECOVERY["check"]).read_text())
     rows = list(csv.DictReader(verdict.open()))
     levels = config["recovery"]["levels"]
@@ -170,10 +180,10 @@ def report_description(static):
         for level in levels:
             key = f"coverage_{level:g}"
             cells.append(
-                f"{float(row[key + '_min']):.2f}-{float(row[key + '_max']):.2f} "
-                f"in [{float(row[key + '_band_low']):.2f}, {float(row[key + '_band_high']):.2f}]"
+                f"{number(row[key + '_min'], 2)}-{number(row[key + '_max'], 2)} in "
+                f"[{number(row[key + '_band_low'], 2)}, {number(row[key + '_band_high'], 2)}]"
             )
-        cells += [f"{float(row['rank_p_value_min']):.3f}", f"{float(row['power']):.2f}"]
+        cells += [number(row["rank_p_value_min"], 3), number(row["power"], 2)]
         cells.append("passed" if row["passed"] == "True" else "FAILED")
         lines.append("   " + ", ".join(f'"{c}"' for c in cells))
     lines.append("")

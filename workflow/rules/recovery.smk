@@ -41,3 +41,29 @@ rule recovery:
         "../envs/bayeslib.yaml"
     script:
         "../scripts/recovery.py"
+
+
+# The verdict as the run's exit status: after the study is tracked (so MLflow records a failed
+# verdict too), fail the run when the verdict failed and recovery.strict is set.
+localrules:
+    gate,
+
+
+rule gate:
+    input:
+        check=RECOVERY["check"],
+        tracked="results/mlflow/study.logged.json",
+    output:
+        "results/recovery/gate.json",
+    run:
+        import json
+
+        check = json.loads(Path(input.check).read_text())
+        if check["strict"] and not check["passed"]:
+            raise WorkflowError(
+                f"recovery: {len(check['failures'])} check(s) failed, "
+                f"{len(check['failed_fits'])} fit(s) failed their convergence checks (listed "
+                "above and in results/recovery/check.json); set recovery.strict: false to "
+                "record a failed verdict without failing the run"
+            )
+        Path(output[0]).write_text(json.dumps({"passed": check["passed"]}) + "\n")

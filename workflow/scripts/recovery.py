@@ -1,4 +1,4 @@
-"""recovery: the study's verdict. Across each scenario's replicates and for each sampler: the
+"""recovery: the study's verdict (the gate rule fails the run on it when `strict`). Across each scenario's replicates and for each sampler: the
 fits that failed their convergence checks (named, never averaged into coverage), the coverage
 of the central intervals against its binomial band, the SBC rank-uniformity test, and the
 power of the coverage check; the verdict table printed and written for the report and MLflow."""
@@ -106,12 +106,17 @@ def coverage_figure():
 
 
 def rank_figure():
-    groups = list(ranks[~ranks["failed"]].groupby(["scenario", "sampler"], sort=False))
+    groups = list(ranks.groupby(["scenario", "sampler"], sort=False))
     cols = max(group["parameter"].nunique() for _, group in groups)
     fig = Figure(figsize=(2.6 * cols, 2.4 * len(groups)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(groups), cols, squeeze=False))
     for row, ((scenario, sampler), group) in zip(axes, groups, strict=True):
         for ax, (parameter, rows) in zip(row, group.groupby("parameter", sort=False), strict=False):
+            rows = rows[~rows["failed"]]  # failed fits are left out, as from coverage
+            if rows.empty:
+                ax.set_title(f"{scenario}/{sampler}: {parameter}", fontsize=9)
+                ax.text(0.5, 0.5, "every fit failed", ha="center", transform=ax.transAxes)
+                continue
             p_value, counts = calibration.uniformity_test(rows["rank"], rank_draws, bins)
             low, high = calibration.binomial_band(len(rows), 1 / bins, alpha)
             ax.axhspan(low, high, color="lightgray")
@@ -165,9 +170,5 @@ for fit in failed_fits:
     print(f"failed fit: {fit['scenario']}/{fit['replicate']}/{fit['sampler']}: {fit['reason']}")
 for failure in failures:
     print("recovery check failed:", failure)
-if failures and options["strict"]:
-    sys.exit(
-        f"recovery: {len(failures)} check(s) failed (listed above; set recovery.strict: false "
-        "to keep going and record them)"
-    )
+# The files stay whatever the verdict: the gate rule fails the run after tracking it.
 print("recovery:", "passed" if passed else f"{len(failures)} check(s) failed")

@@ -1,5 +1,6 @@
 """What the study's scripts share: the models by config name, seeds, data files, atomic writes."""
 
+import functools
 import json
 import os
 import sys
@@ -61,6 +62,7 @@ def fitted_stack(scenario, data):
     )
 
 
+@functools.cache
 def _rescaled(cls, s):
     if cls is Best:
         return type("BestRescaledPrior", (Best,), {"mu": bl.Param(Normal(0.0, s), shape=(2,))})
