@@ -1,7 +1,8 @@
-"""recovery: the study's verdict (the gate rule fails the run on it when `strict`). Across each scenario's replicates and for each sampler: the
+"""recovery: the study's verdict. Across each scenario's replicates and for each sampler: the
 fits that failed their convergence checks (named, never averaged into coverage), the coverage
 of the central intervals against its binomial band, the SBC rank-uniformity test, and the
-power of the coverage check; the verdict table printed and written for the report and MLflow."""
+power of the coverage check; the verdict table printed and written for the report and MLflow.
+The files are written whatever the verdict; the gate rule then fails a strict run on it."""
 
 import sys
 
