@@ -21,6 +21,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ SETTINGS = {
         "scaling": [2, 8],
         "scaling_warmup": 100,
         "scaling_draws": 100,
-        "hard_warmup": 30,
-        "hard_draws": 30,
+        "hard_warmup": 10,
+        "hard_draws": 10,
         "hard_repeats": 1,
     },
     "quick": {
@@ -134,8 +135,14 @@ def measure_hard(values):
 
     from bayeslib.diagnostics import rhat_nested
 
-    idata = az.from_dict(posterior=values)
-    squares = az.from_dict(posterior={k: (v - v.mean(axis=(0, 1))) ** 2 for k, v in values.items()})
+    with warnings.catch_warnings():  # draws are [chains, draws, ...], even with few draws
+        warnings.filterwarnings("ignore", "More chains", UserWarning)
+        idata = az.from_dict(posterior=values)
+        squares = {k: (v - v.mean(axis=(0, 1))) ** 2 for k, v in values.items()}
+        squares = az.from_dict(posterior=squares)
+
+    def smallest(table):
+        return min(float(table[k].min()) for k in values)
 
     def largest(table):
         return max(float(table[k].max()) for k in values)
@@ -143,9 +150,9 @@ def measure_hard(values):
     chains = next(iter(values.values())).shape[0]
     nested = [np.max(rhat_nested(v, SUPERCHAINS)) for v in values.values()]
     return {
-        "min_ess_bulk": -largest(-az.ess(idata, method="bulk")),
-        "min_ess_tail": -largest(-az.ess(idata, method="tail")),
-        "min_ess_sq": -largest(-az.ess(squares, method="mean")),
+        "min_ess_bulk": smallest(az.ess(idata, method="bulk")),
+        "min_ess_tail": smallest(az.ess(idata, method="tail")),
+        "min_ess_sq": smallest(az.ess(squares, method="mean")),
         "max_r_hat": largest(az.rhat(idata)),
         "max_r_hat_nested": max(nested) if chains > SUPERCHAINS else math.nan,
     }

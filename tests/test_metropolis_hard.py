@@ -156,7 +156,8 @@ def test_the_reference_is_the_closed_form_student_t():
     _, reference = kid_score(0)
     np.testing.assert_allclose(reference["mean"], [*fit_, sigma_mean], rtol=1e-9)
     np.testing.assert_allclose(reference["sd"], [*t_sd, sigma_sd], rtol=1e-9)
-    # the shapes: sds 0.12 to 14, correlations near -0.99 (kid), -0.99996 (trend)
+    # the shapes: coefficient sds 0.12 to 14; the trend's intercept and slope
+    # correlate at -mean(year) / rms(year) = -0.99996 given sigma
     assert reference["sd"].iloc[:4].min() < 0.2 and reference["sd"].iloc[:4].max() > 10
     year = trend_data(0)["year"]
     assert np.mean(year) / np.sqrt(np.mean(year**2)) > 0.9999

@@ -187,7 +187,9 @@ def test_a_kernel_without_the_log_jacobian_fails_the_ranks_of_that_parameter():
 
     wrong = NoJacobianMetropolis(bl.stack(models))
     checks, table = judge(fit(models, wrong, **options), truth)
-    assert checks["passed"].all()  # the chains converge, to the wrong distribution
+    # The chains converge, to the wrong distribution: (nearly) every fit passes its checks;
+    # nested R-hat at 1.01 fails about one fit in a few hundred of this length by chance.
+    assert checks["passed"].mean() >= 0.99
     row = table.loc["sigma"]
     assert not row["rank_passed"] and row["rank_p_value"] < ALPHA
     assert row["bias"] < -4 * row["bias_se"]
