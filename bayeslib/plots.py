@@ -71,8 +71,20 @@ def plot_trace(post, names=None):
             right.plot(values, linewidth=0.6, alpha=0.8)
         left.set(title=label, xlabel=label, ylabel="density")
         right.set(title=f"{label} by chain", xlabel="draw", ylabel=label)
-    axes[0, 0].legend(fontsize="small")
+    _chain_legend(axes[0, 0], len(flat[0][1]))
     return fig
+
+
+# Past this many chains a legend names nothing a reader can tell apart: the figure says how
+# many chains it draws instead.
+MAX_LEGEND_CHAINS = 8
+
+
+def _chain_legend(ax, chains):
+    if chains <= MAX_LEGEND_CHAINS:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.02, 0.95, f"{chains} chains", transform=ax.transAxes, va="top", fontsize=8)
 
 
 def plot_rank(post, names=None, bins=20):
@@ -89,7 +101,7 @@ def plot_rank(post, names=None, bins=20):
             ax.hist(ranks[chain], bins=edges, histtype="step", label=f"chain {chain}")
         ax.axhline(n / bins, color="gray", linestyle="--")
         ax.set(title=label, xlabel="rank of draw among all chains", ylabel="draws per bin")
-    axes.flat[0].legend(fontsize="small")
+    _chain_legend(axes.flat[0], len(flat[0][1]))
     _hide_unused(axes, len(flat))
     return fig
 

@@ -123,7 +123,7 @@ def rank_figure():
             ax.axhspan(low, high, color="lightgray")
             ax.bar(np.arange(bins), counts, color="steelblue")
             ax.set_title(f"{scenario}/{sampler}: {parameter}\np = {p_value:.2f}", fontsize=9)
-            ax.set(xlabel="rank bin of the truth", ylabel="replicates")
+            ax.set(xlabel="rank bin of the truth", ylabel="replicates", xticks=range(bins))
         for ax in row[group["parameter"].nunique() :]:
             ax.set_axis_off()
     return fig

@@ -34,7 +34,7 @@ for yi, value in zip(y, rate, strict=True):
 ax.set_yticks(y, labels)
 ax.set(
     title="Effective draws per second of each job (warmup included)",
-    xlabel="sum over data sets of min(bulk ESS, tail ESS) / (warmup + sampling time)",
+    xlabel="sum over data sets of min(bulk, tail ESS) / job time",
     xlim=(0, 1.15 * rate.max()),
 )
 study.save_figure(sm.output.efficiency, fig)
