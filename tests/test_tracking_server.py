@@ -19,7 +19,7 @@ CONFIG = {
     "seed": 3,
     "replicates": 2,
     "scenarios": [{"name": "best", "model": "best"}],
-    "samplers": [{"name": "metropolis", "chains": 16, "warmup": 300, "draws": 250, "thin": 4}],
+    "samplers": [{"name": "metropolis", "chains": 16, "warmup": 300, "draws": 400, "thin": 5}],
     "plot_replicates": 1,
     "recovery": {"rank_draws": 15, "rank_bins": 4},
 }
