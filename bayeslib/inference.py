@@ -7,6 +7,7 @@ import torch
 
 from .model import Model, ModelError
 from .stacked import Stacked
+from .threads import chooses_threads, work
 
 METHODS = ("lbfgs", "adam")
 # Fresh random starts tried when an optimisation from a random start ends where the log
@@ -39,7 +40,10 @@ class MapResult:
     covariance: torch.Tensor | None = None
 
 
-def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr=0.05, seed=0):
+@chooses_threads(lambda a: work(a["model"]))
+def find_map(
+    model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr=0.05, seed=0, threads=None
+):
     """Maximise the posterior density of the constrained parameters, as Stan's optimiser does
     (no Jacobian term), working in unconstrained coordinates.
 
@@ -47,6 +51,7 @@ def find_map(model, init="uniform", method="lbfgs", max_iter=2000, gtol=1e-6, lr
     init: a start as for `Model.init_z` ('uniform', 'zeros', 'prior' or {name: value}).
     gtol: convergence when max |d log p / dz| <= gtol * max(1, |log p|).
     A stack of data sets (`bl.stack`) gives a list with one `MapResult` per data set.
+    threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work).
     """
     if isinstance(model, Stacked):
         return _find_map_stacked(model, init, method, max_iter, gtol, lr, seed)

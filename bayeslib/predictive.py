@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from . import diagnostics
+from .threads import chooses_threads, work
 
 STATISTICS = {
     "mean": torch.mean,
@@ -34,12 +35,14 @@ def _seeds(seed, n):
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint64) >> 1]
 
 
-def posterior_predictive(model, post, seed=0, thin=1, **new_data):
+@chooses_threads(lambda a: work(a["model"], new_data=a["new_data"]))
+def posterior_predictive(model, post, seed=0, thin=1, threads=None, **new_data):
     """Draws of the data from the posterior predictive distribution: {field: `[chains, draws,
     *data_shape]`}, one simulated data set per posterior draw (every `thin`-th per chain).
 
     With `new_data` (e.g. `X=x_new`), the model is rebuilt on those fields and the observed
     fields left out of it are unobserved, so their draws predict the outcome at the new inputs.
+    threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work).
     """
     if not (isinstance(thin, int) and thin >= 1):
         raise ValueError(f"posterior_predictive: thin must be an integer >= 1, not {thin!r}.")
@@ -59,21 +62,25 @@ def posterior_predictive(model, post, seed=0, thin=1, **new_data):
     }
 
 
-def prior_predictive(model, draws, seed=0, **new_data):
+@chooses_threads(lambda a: work(a["model"], new_data=a["new_data"]))
+def prior_predictive(model, draws, seed=0, threads=None, **new_data):
     """Draws of the data from the prior predictive distribution: {field: `[draws,
-    *data_shape]`}, each simulated from its own draw of the parameters from the prior."""
+    *data_shape]`}, each simulated from its own draw of the parameters from the prior.
+    threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work)."""
     model = _predictive_model(model, new_data)
     prior_seed, data_seed = _seeds(seed, 2)
     data = model.sample_data(model.sample_prior(draws, seed=prior_seed), seed=data_seed)
     return {field: value.cpu() for field, value in data.items()}
 
 
-def replicate_statistics(model, post, statistics=None, seed=0, thin=1):
+@chooses_threads(lambda a: work(a["model"]))
+def replicate_statistics(model, post, statistics=None, seed=0, thin=1, threads=None):
     """Test statistics of the observed data and of data replicated from the posterior.
 
     statistics: {name: function of one data set -> scalar}, added to the defaults `STATISTICS`
     (mean, sd, min, max). Returns (observed, replicated), both keyed by (field, statistic):
     observed values are floats, replicated ones `[chains, draws]` arrays.
+    threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work).
     """
     statistics = {**STATISTICS, **(statistics or {})}
     replicated_data = posterior_predictive(model, post, seed=seed, thin=thin)
@@ -89,15 +96,16 @@ def replicate_statistics(model, post, statistics=None, seed=0, thin=1):
     return observed, replicated
 
 
-def ppc(model, post, statistics=None, seed=0, thin=1):
+def ppc(model, post, statistics=None, seed=0, thin=1, threads=None):
     """Posterior predictive checks of every observed field: one row per (field, statistic)
     with the observed statistic, the replicated statistic's mean and sd, and the Bayesian
     p-value P(T(y_rep) >= T(y)) with its Monte Carlo standard error.
 
     A p-value near 0 or 1 says the model does not reproduce that feature of the data.
     statistics: as for `replicate_statistics` (added to mean, sd, min and max).
+    threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work).
     """
-    observed, replicated = replicate_statistics(model, post, statistics, seed, thin)
+    observed, replicated = replicate_statistics(model, post, statistics, seed, thin, threads)
     rows = []
     for key, value in observed.items():
         t_rep = replicated[key]

@@ -12,6 +12,7 @@ from .posterior import Posterior
 from .samplers import Sampler, Target, make_sampler
 from .samplers.adaptation import restart_stragglers
 from .stacked import Stacked
+from .threads import chooses_threads, work
 from .tracing import make_target
 
 # Fresh starts tried for chains whose random start has a non-finite log density (as Stan).
@@ -32,6 +33,7 @@ RESTART_INTERVAL = 25
 PROGRESS_INTERVAL = 0.5
 
 
+@chooses_threads(lambda a: work(a["model"], a["chains"], a["device"]))
 def sample(
     model: Model,
     sampler="nuts",
@@ -46,6 +48,7 @@ def sample(
     superchains=None,
     progress: bool = True,
     traced: bool = True,
+    threads: int | None = None,
     **sampler_options,
 ) -> Posterior:
     """Draw from the posterior of `model` with `chains` chains advancing together.
@@ -80,6 +83,9 @@ def sample(
     traced: run the log density as a traced graph of tensor operations (`bayeslib.tracing`),
         several times faster than the model's Python code on a few chains; False runs the
         model's code on every call. A model that cannot be traced runs its code, with a warning.
+    threads: intra-op CPU threads for the run; None (default): chosen from the work per tensor
+        operation (`bayeslib.threads`: one thread for small models), at most
+        `torch.get_num_threads()`, which is restored afterwards.
     """
     if not isinstance(model, Model | Stacked):
         raise TypeError(f"sample needs a bl.Model or bl.stack(models), not {type(model).__name__}")
