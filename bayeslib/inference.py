@@ -133,7 +133,9 @@ def _find_map_stacked(stacked, init, method, max_iter, gtol, lr, seed):
         # Without usable curvature the Newton steps may have run to a boundary, where the
         # gradient in unconstrained coordinates vanishes too: optimise that one alone.
         if not (converged[r] and bool(usable[r])):
-            results.append(find_map(model, init, method, max_iter, gtol, lr, seed + r))
+            results.append(
+                find_map(model, init, method, max_iter, gtol, lr, seed + r, torch.get_num_threads())
+            )
             continue
         result = MapResult(
             {name: value[r] for name, value in params.items()},

@@ -83,7 +83,9 @@ def replicate_statistics(model, post, statistics=None, seed=0, thin=1, threads=N
     threads: intra-op CPU threads, as for `bl.sample` (None: chosen from the work).
     """
     statistics = {**STATISTICS, **(statistics or {})}
-    replicated_data = posterior_predictive(model, post, seed=seed, thin=thin)
+    replicated_data = posterior_predictive(
+        model, post, seed=seed, thin=thin, threads=torch.get_num_threads()
+    )
     observed, replicated = {}, {}
     for field in model.observed:
         y = model.data[field].cpu()

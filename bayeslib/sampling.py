@@ -353,7 +353,7 @@ def _retry(model, draw, needs_grad, init):
 def _modes(model, init, seed, datasets):
     """The modes to start from, one `MapResult` per data set, or None for other inits."""
     if isinstance(init, str) and init == "map":
-        modes = find_map(model, seed=seed)
+        modes = find_map(model, seed=seed, threads=torch.get_num_threads())
     elif isinstance(init, MapResult):
         modes = init
     elif isinstance(init, list | tuple) and all(isinstance(m, MapResult) for m in init):
@@ -410,7 +410,7 @@ def _with_curvature(model, start, chains, seed) -> Start:
     """`start` with the covariance of each data set's Laplace approximation (the identity
     where there is no mode with usable curvature), for a sampler whose warmup starts from it."""
     try:
-        modes = find_map(model, seed=seed)
+        modes = find_map(model, seed=seed, threads=torch.get_num_threads())
     except ModelError:  # no finite mode: keep the identity
         datasets = model.datasets if isinstance(model, Stacked) else 1
         return start._replace(laplace_fallbacks=datasets)

@@ -8,12 +8,17 @@ NUTS on the seed's linear regression, 4 chains, took 102.7 s with torch's defaul
 8.4 s with 1). So the entry points (`bl.sample`, `bl.find_map`, the predictive functions) run
 with one thread per `ELEMENTS_PER_THREAD` elements per operation, at most the caller's
 `torch.get_num_threads()`, and restore the caller's setting afterwards, also when they raise.
-Their `threads=` argument overrides the choice. On CUDA the setting is left as it is.
+Where the work would use more than one thread, the count is also capped by the cores idle at
+the call (read from /proc/stat over `IDLE_SAMPLE_S`, Linux only): a busy core only slows the
+threads down. Their `threads=` argument overrides the choice. On CUDA the setting is left as it
+is.
 """
 
 import functools
 import inspect
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +34,9 @@ import torch
 # of 1 at every size. So a second thread comes at twice the crossover, one grain per thread.
 ELEMENTS_PER_THREAD = 32768
 
-# Whether a library call is running (its callees keep the setting the outermost call chose).
-_running = False
+# How long `idle_cores` watches the CPUs: long enough for a few scheduler ticks (10 ms at 100 Hz),
+# short next to a loop that gains from a second thread.
+IDLE_SAMPLE_S = 0.05
 
 
 def check_threads(threads, caller: str):
@@ -71,11 +77,41 @@ def _size(value) -> int:
 
 def choose_threads(elements: int | None, available: int | None = None) -> int | None:
     """Threads for operations on `elements` elements: one per `ELEMENTS_PER_THREAD`, at least
-    1, at most `available` (default: `torch.get_num_threads()`). None for None (CUDA)."""
+    1, at most `available` (default: `torch.get_num_threads()`, capped by `idle_cores()` where
+    more than one thread would be chosen). None for None (CUDA)."""
     if elements is None:
         return None
-    available = torch.get_num_threads() if available is None else available
-    return max(1, min(available, elements // ELEMENTS_PER_THREAD))
+    wanted = max(1, elements // ELEMENTS_PER_THREAD)
+    if available is None:
+        available = torch.get_num_threads()
+        if min(wanted, available) > 1:
+            idle = idle_cores()
+            available = available if idle is None else min(available, max(1, round(idle)))
+    return min(wanted, available)
+
+
+def idle_cores(interval: float = IDLE_SAMPLE_S) -> float | None:
+    """Cores idle over the next `interval` seconds (idle and I/O-wait time of all CPUs, from
+    /proc/stat), None where that cannot be read."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times()
+    (cores, before), (_, after) = first, second
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    idle = spent[3] + spent[4]  # the idle and iowait columns
+    return cores * idle / sum(spent) if sum(spent) > 0 else float(cores)
+
+
+def _cpu_times() -> tuple[int, list[int]] | None:
+    """(CPUs, jiffies of all CPUs: user, nice, system, idle, iowait, ...) from /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        cores = sum(line.startswith("cpu") and line[3].isdigit() for line in lines)
+        return cores, [int(value) for value in lines[0].split()[1:8]]
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @contextmanager
@@ -96,28 +132,23 @@ def chooses_threads(elements):
     """Decorator for an entry point with a ``threads=None`` argument: the call runs with
     `threads` intra-op threads, or where that is None with `choose_threads(elements(args))`,
     `args` being the call's arguments by name (defaults filled in). Library calls made inside
-    it keep the setting it chose."""
+    it are passed the setting it chose (``threads=torch.get_num_threads()``)."""
 
     def decorate(fn):
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            global _running
             try:
                 arguments = signature.bind(*args, **kwargs)
             except TypeError:
                 return fn(*args, **kwargs)  # raises the function's own error
             arguments.apply_defaults()
             threads = check_threads(arguments.arguments["threads"], fn.__name__)
-            if threads is None and not _running:
+            if threads is None:
                 threads = choose_threads(elements(arguments.arguments))
-            outer, _running = _running, True
-            try:
-                with intra_op_threads(threads):
-                    return fn(*args, **kwargs)
-            finally:
-                _running = outer
+            with intra_op_threads(threads):
+                return fn(*args, **kwargs)
 
         return run
 
@@ -129,6 +160,7 @@ __all__ = [
     "check_threads",
     "choose_threads",
     "chooses_threads",
+    "idle_cores",
     "intra_op_threads",
     "work",
 ]

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.threads [--smoke] [--repeats 3] [--out results/benchmarks]`
+"""`python -m benchmarks.threads [--smoke] [--repeats 3] [--machine quiet|busy|both] [--out DIR]`
 
 Issue 16: the intra-op threads `bl.sample` runs with. The seed's two models
 (`Best.simulate()`, `LinearRegression.simulate()`), NUTS and HMC, 4 and 1024 chains, float64
@@ -9,10 +9,13 @@ tracing, warmup and draws) two ways that alternate within each repeat:
   after:  ``threads=None``, the library's choice (`bayeslib.threads`).
 
 Both on a quiet machine and with one other CPU-bound process running (a Python busy loop in a
-subprocess, stopped after). Runs are shorter than the default 1000 + 1000 (`ITERATIONS`: warmup
-= draws, per chain count). Prints the medians over repeats, and whether before and after gave
-the same draws bit for bit; writes threads_runs.csv (with the 1-minute load average after
-each case, to tell a quiet machine from one someone else was using) and threads.csv.
+subprocess, stopped after); `--machine` picks one. Where the library chooses torch's setting
+anyway, the two calls are the same call: it is timed once and shown in both columns (calls =
+1). Runs are shorter than the default 1000 + 1000 (`ITERATIONS`: warmup = draws, per chain
+count). Prints the medians over repeats, and whether before and after gave the same draws bit
+for bit; writes threads_runs_MACHINE.csv (with the 1-minute load average after each case, to
+tell a quiet machine from one someone else was using) and threads_MACHINE.csv to `--out`
+(default results/benchmarks).
 """
 
 import argparse
@@ -67,13 +70,19 @@ def condition(name, repeats, iterations, default):
             model = cls.simulate()[0]
             for sampler in SAMPLERS:
                 for chains in CHAINS:
+                    chosen = choose_threads(work(model, chains), default)
                     variants = {"before": default, "after": None}
                     order = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
+                    if chosen == default:
+                        order = order[:1]  # the same call
                     walls, posts = {}, {}
                     for variant in order:
                         walls[variant], posts[variant] = timed(
                             model, sampler, chains, iterations[chains], variants[variant]
                         )
+                    for variant in variants:
+                        walls.setdefault(variant, walls[order[0]])
+                        posts.setdefault(variant, posts[order[0]])
                     row = {
                         "machine": name,
                         "model": case,
@@ -81,7 +90,8 @@ def condition(name, repeats, iterations, default):
                         "chains": chains,
                         "repeat": repeat,
                         "threads_before": default,
-                        "threads_after": choose_threads(work(model, chains), default),
+                        "threads_after": chosen,
+                        "calls": len(order),
                         "before_s": walls["before"],
                         "after_s": walls["after"],
                         "same_draws": same_draws(posts["before"], posts["after"]),
@@ -116,6 +126,7 @@ def main(argv=None):
     )
     parser.add_argument("--smoke", action="store_true", help="seconds: checks the script runs")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each case (default 3)")
+    parser.add_argument("--machine", choices=["quiet", "busy", "both"], default="both")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = parser.parse_args(argv)
     iterations = SMOKE_ITERATIONS if args.smoke else ITERATIONS
@@ -129,10 +140,14 @@ def main(argv=None):
         flush=True,
     )
     bl.sample(Best.simulate()[0], chains=4, warmup=10, draws=10, progress=False)  # first-call costs
-    rows = condition("quiet", repeats, iterations, default) + busy(repeats, iterations, default)
+    rows = []
+    if args.machine in ("quiet", "both"):
+        rows += condition("quiet", repeats, iterations, default)
+    if args.machine in ("busy", "both"):
+        rows += busy(repeats, iterations, default)
     runs = pd.DataFrame(rows)
-    runs.to_csv(args.out / "threads_runs.csv", index=False)
-    keys = ["machine", "model", "sampler", "chains", "threads_before", "threads_after"]
+    runs.to_csv(args.out / f"threads_runs_{args.machine}.csv", index=False)
+    keys = ["machine", "model", "sampler", "chains", "threads_before", "threads_after", "calls"]
     medians = runs.groupby(keys, sort=False).agg(
         before_s=("before_s", "median"),
         after_s=("after_s", "median"),
@@ -140,10 +155,10 @@ def main(argv=None):
     )
     medians["speedup"] = medians.before_s / medians.after_s
     medians = medians.reset_index()
-    medians.to_csv(args.out / "threads.csv", index=False)
+    medians.to_csv(args.out / f"threads_{args.machine}.csv", index=False)
     with pd.option_context("display.width", 200, "display.float_format", "{:.2f}".format):
         print(f"\nmedians of {repeats} repeat(s):\n", medians.to_string(index=False))
-    print(f"\nwritten to {args.out}/threads.csv")
+    print(f"\nwritten to {args.out}/threads_{args.machine}.csv")
 
 
 if __name__ == "__main__":

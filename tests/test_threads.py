@@ -5,6 +5,10 @@ tests/conftest.py sets 1 thread for the session; the `user_threads` fixture sets
 the library must not leave changed, and puts the session's back after each test.
 """
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 from torch.distributions import Normal
@@ -16,6 +20,7 @@ from bayeslib.threads import (
     ELEMENTS_PER_THREAD,
     check_threads,
     choose_threads,
+    idle_cores,
     intra_op_threads,
     work,
 )
@@ -156,7 +161,9 @@ def test_other_entry_points_honour_threads(user_threads, call):
         assert torch.get_num_threads() == user_threads
 
 
-def test_a_large_batch_gets_more_threads(user_threads):
+def test_a_large_batch_gets_more_threads(user_threads, monkeypatch):
+    # The tests run in parallel on few cores: say two are idle, as on a quiet 2-core machine.
+    monkeypatch.setattr("bayeslib.threads.idle_cores", lambda: 2.0)
     kernel = RecordingNUTS()
     large = recorder(2 * ELEMENTS_PER_THREAD)  # one chain, 65536 observations
     bl.sample(large, sampler=kernel, chains=1, warmup=2, draws=2, progress=False)
@@ -199,22 +206,45 @@ def test_the_choice_grows_with_the_work_per_operation():
     assert choose_threads(None, 2) is None
 
 
+def test_busy_cores_cap_the_choice(user_threads):
+    """With every core kept busy by another process, a large batch gets one thread."""
+    cores = len(_cpu_lines())
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert idle_cores(0.2) < 0.5 * cores
+        assert choose_threads(10**9) <= max(1, round(0.5 * cores))
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    assert 0 <= idle_cores(0.05) <= cores
+
+
+def _cpu_lines():
+    with open("/proc/stat") as stat:
+        return [line for line in stat if line.startswith("cpu") and line[3].isdigit()]
+
+
 # ----- the draws do not depend on the thread count
 
 
 @pytest.mark.parametrize(
-    "model, sampler, chains",
+    "model, sampler, chains, options",
     [
-        (Best.simulate()[0], "nuts", 4),
+        (Best.simulate()[0], "nuts", 4, {}),
         # 256 chains x 200 observations: the log density's operations are split across threads
-        (LinearRegression.simulate()[0], "nuts", 256),
-        (LinearRegression.simulate()[0], "metropolis", 512),
+        # (few, short trees keep the test quick on a busy machine, where two threads are slow)
+        (LinearRegression.simulate()[0], "nuts", 256, {"max_tree_depth": 2}),
+        (LinearRegression.simulate()[0], "metropolis", 512, {}),
     ],
     ids=["best-nuts-4", "linear-nuts-256", "linear-metropolis-512"],
 )
-def test_draws_are_the_same_bits_with_one_thread_or_two(model, sampler, chains):
-    one = short(model, sampler=sampler, chains=chains, threads=1)
-    two = short(model, sampler=sampler, chains=chains, threads=2)
+def test_draws_are_the_same_bits_with_one_thread_or_two(model, sampler, chains, options):
+    def run(threads):
+        return bl.sample(model, sampler, chains, 5, 5, threads=threads, progress=False, **options)
+
+    one, two = run(1), run(2)
     for name in one.names:
         assert torch.equal(one[name], two[name]), name
     assert torch.equal(one.stats["lp"], two.stats["lp"])
