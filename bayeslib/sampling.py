@@ -2,30 +2,21 @@
 
 import sys
 import time
+import warnings
 from typing import NamedTuple
 
 import torch
 
-from .inference import MapResult, find_map
-from .model import Model, ModelError
+from .model import Model
+from .model.starts import initial_positions, superchains_for, with_curvature
 from .posterior import Posterior
+from .rejections import ModelErrors, rejecting, rejection_warning
 from .samplers import Sampler, Target, make_sampler
 from .samplers.adaptation import restart_stragglers
 from .stacked import Stacked
 from .threads import chooses_threads, work
 from .tracing import make_target
 
-# Fresh starts tried for chains whose random start has a non-finite log density (as Stan).
-INIT_ATTEMPTS = 100
-# Starts from a mode are drawn from its Laplace approximation with the standard deviations
-# widened this much: over-dispersed, as convergence checks across chains want them.
-MODE_DISPERSION = 2.0
-# Where a mode has no usable curvature: how far each start lies from it (uniform, unconstrained).
-MAP_JITTER = 0.1
-# superchains=None: this many superchains when a data set has at least MANY_CHAINS chains
-# (and they divide evenly), else every chain starts on its own.
-DEFAULT_SUPERCHAINS = 4
-MANY_CHAINS = 16
 # In the first half of warmup, every this many iterations, chains far below their data set's
 # others restart from one of those (see `restart_stragglers`).
 RESTART_INTERVAL = 25
@@ -86,6 +77,12 @@ def sample(
     threads: intra-op CPU threads for the run; None (default): chosen from the work per tensor
         operation (`bayeslib.threads`: one thread for small models), at most
         `torch.get_num_threads()`, which is restored afterwards.
+
+    An error raised by the model's code at a proposal (a Cholesky factorisation of a matrix
+    that is not positive-definite, a domain error) rejects that chain's proposal, as in Stan,
+    and counts as a divergence for HMC and NUTS; the other chains go on
+    (`bayeslib.rejections`). `post.attrs["model_errors"]` counts the chain evaluations that
+    raised, `post.attrs["model_error"]` is the first error, and one warning says so at the end.
     """
     if not isinstance(model, Model | Stacked):
         raise TypeError(f"sample needs a bl.Model or bl.stack(models), not {type(model).__name__}")
@@ -94,7 +91,7 @@ def sample(
     _check_int("draws", draws, 1)
     _check_int("thin", thin, 1)
     _check_int("seed", seed, 0)
-    superchains = _superchains(chains, superchains, init)
+    superchains = superchains_for(chains, superchains, init)
     kernel = make_sampler(sampler, **sampler_options)
     if init is None:
         # A random walk started 1e4 posterior sds out (uniform(-2, 2) for a slope of 0.02 with
@@ -108,8 +105,9 @@ def sample(
     generator = torch.Generator(device=device).manual_seed(seed)
     start = initial_positions(model, chains, superchains, init, generator, seed, kernel.needs_grad)
     if start.covariance is None and kernel.starts_from_curvature:
-        start = _with_curvature(model, start, chains, seed)
-    target = make_target(model, start.z, kernel.needs_grad, traced)
+        start = with_curvature(model, start, chains, seed)
+    errors = ModelErrors()
+    target = rejecting(make_target(model, start.z, kernel.needs_grad, traced), model, errors)
 
     run = run_chains(
         kernel,
@@ -146,7 +144,11 @@ def sample(
         "warmup_time": run.warmup_time,
         "sampling_time": run.sampling_time,
         "step_size": kernel.step_size.reshape(datasets, -1)[:, 0].tolist(),
+        "model_errors": errors.count,
+        "model_error": errors.first,
     }
+    if errors.count:
+        warnings.warn(rejection_warning(model, errors), stacklevel=3)
     has_warmup = run.warmup_positions.shape[1] > 0
     return Posterior(
         draws=_constrained(model, run.positions),
@@ -300,151 +302,6 @@ def _to_cpu(tensor):
     return tensor.contiguous()
 
 
-class Start(NamedTuple):
-    """Where chains start: ``z`` ``[chains, dim]``; ``covariance`` ``[chains, dim, dim]`` for
-    the samplers' proposal or metric (None: the identity); the modes used, if any; and how
-    many data sets' modes had no usable curvature."""
-
-    z: torch.Tensor
-    covariance: torch.Tensor | None = None
-    modes: list | None = None
-    laplace_fallbacks: int = 0
-
-
-def initial_positions(model, chains, superchains, init, generator, seed, needs_grad) -> Start:
-    """Starting points with a finite log density (and gradient): `superchains` points per data
-    set, each shared by ``chains // superchains`` chains; random starts that fail are drawn
-    again, up to `INIT_ATTEMPTS` times."""
-    datasets = model.datasets if isinstance(model, Stacked) else 1
-    share = chains // superchains
-    modes = _modes(model, init, seed, datasets)
-    if modes is not None:
-        return _around_modes(model, modes, superchains, share, generator, needs_grad)
-    if isinstance(init, dict):
-        z = model.init_z(chains, init, generator)
-        if not bool(_finite(model, z, needs_grad).all()):
-            model.check_logdensity(z)  # names the term that is not finite
-            raise ValueError(
-                "sample: the init values give a start with a non-finite gradient of the log "
-                "density for some chains; choose other values (or init='map')"
-            )
-        return Start(z)
-    z = _retry(model, lambda: model.init_z(superchains, init, generator), needs_grad, init)
-    return Start(z.repeat_interleave(share, dim=0))
-
-
-def _retry(model, draw, needs_grad, init):
-    """Draw starts until every one has a finite log density (and gradient)."""
-    z = draw()
-    random_start = isinstance(init, str) and init in ("uniform", "prior")
-    for _ in range(INIT_ATTEMPTS if random_start else 1):
-        bad = ~_finite(model, z, needs_grad)
-        if not bool(bad.any()):
-            return z
-        if random_start:
-            z = torch.where(bad.unsqueeze(-1), draw(), z)
-    model.check_logdensity(z)  # names the term that is not finite
-    raise ValueError(
-        f"sample: init={init!r} gives a start with a non-finite gradient of the log density "
-        "for some chains; choose another init (e.g. 'map' or a dict of values)"
-    )
-
-
-def _modes(model, init, seed, datasets):
-    """The modes to start from, one `MapResult` per data set, or None for other inits."""
-    if isinstance(init, str) and init == "map":
-        modes = find_map(model, seed=seed, threads=torch.get_num_threads())
-    elif isinstance(init, MapResult):
-        modes = init
-    elif isinstance(init, list | tuple) and all(isinstance(m, MapResult) for m in init):
-        modes = list(init)
-    else:
-        return None
-    modes = modes if isinstance(modes, list) else [modes]
-    if len(modes) != datasets:
-        raise ValueError(
-            f"sample: init gives {len(modes)} modes for {datasets} data set(s); give one "
-            "MapResult per data set (find_map of the stack gives that list)"
-        )
-    return modes
-
-
-def _around_modes(model, modes, superchains, share, generator, needs_grad) -> Start:
-    """Starts drawn from each mode's Laplace approximation (widened by `MODE_DISPERSION`),
-    `superchains` per data set; the covariances for the samplers."""
-    like = torch.zeros((), dtype=model.dtype, device=model.device)
-    dim = model.dim
-    eye = torch.eye(dim, dtype=like.dtype, device=like.device)
-    centre = torch.stack([m.z.to(like) for m in modes])
-    covariance = torch.stack(
-        [eye if m.covariance is None else m.covariance.to(like) for m in modes]
-    )
-    fallback = torch.tensor([m.covariance is None for m in modes], device=like.device)
-    factor = torch.linalg.cholesky(covariance)
-    centre = centre.repeat_interleave(superchains, dim=0)
-    factor = factor.repeat_interleave(superchains, dim=0)
-    jitter_only = fallback.repeat_interleave(superchains)
-
-    def draw():
-        normal = torch.randn(
-            centre.shape, generator=generator, dtype=like.dtype, device=like.device
-        )
-        spread = MODE_DISPERSION * (factor @ normal.unsqueeze(-1)).squeeze(-1)
-        uniform = torch.rand(
-            centre.shape, generator=generator, dtype=like.dtype, device=like.device
-        )
-        jitter = MAP_JITTER * (2 * uniform - 1)
-        return centre + torch.where(jitter_only.unsqueeze(-1), jitter, spread)
-
-    z = _retry(model, draw, needs_grad, "uniform")
-    chains = superchains * share
-    return Start(
-        z.repeat_interleave(share, dim=0),
-        covariance.repeat_interleave(chains, dim=0),
-        modes,
-        int(fallback.sum()),
-    )
-
-
-def _with_curvature(model, start, chains, seed) -> Start:
-    """`start` with the covariance of each data set's Laplace approximation (the identity
-    where there is no mode with usable curvature), for a sampler whose warmup starts from it."""
-    try:
-        modes = find_map(model, seed=seed, threads=torch.get_num_threads())
-    except ModelError:  # no finite mode: keep the identity
-        datasets = model.datasets if isinstance(model, Stacked) else 1
-        return start._replace(laplace_fallbacks=datasets)
-    modes = modes if isinstance(modes, list) else [modes]
-    eye = torch.eye(model.dim, dtype=model.dtype, device=model.device)
-    covariance = torch.stack(
-        [eye if m.covariance is None else m.covariance.to(eye) for m in modes]
-    ).repeat_interleave(chains, dim=0)
-    fallbacks = sum(m.covariance is None for m in modes)
-    return start._replace(covariance=covariance, laplace_fallbacks=fallbacks)
-
-
-def _superchains(chains, superchains, init):
-    if superchains is None and isinstance(init, dict):
-        return chains  # the user's own starts: no shared ones to compare
-    if superchains is None:
-        many = chains >= MANY_CHAINS and chains % DEFAULT_SUPERCHAINS == 0
-        return DEFAULT_SUPERCHAINS if many else chains
-    _check_int("superchains", superchains, 1)
-    if chains % superchains:
-        raise ValueError(
-            f"superchains={superchains} must divide chains={chains}: each superchain is the "
-            "same number of chains started from one point"
-        )
-    return superchains
-
-
-def _finite(model, z, needs_grad):
-    if needs_grad:
-        lp, grad = model.logdensity_and_grad(z)
-        return torch.isfinite(lp) & torch.isfinite(grad).all(-1)
-    return torch.isfinite(model.logdensity(z))
-
-
 def resolve_device(device) -> torch.device:
     """ "cpu", "cuda", "cuda:N" or "auto" (CUDA when present) as a torch.device; asking for a
     CUDA device that is not there is an error, never a silent fall back to the CPU."""
@@ -535,7 +392,6 @@ class _Progress:
 
 __all__ = [
     "Chains",
-    "Start",
     "initial_positions",
     "resolve_device",
     "resolve_dtype",

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
-from .model import Model, ModelError, _validation
+from .model import Model, ModelError
+from .model.density import _validation
 
 # What a built model holds besides the attributes its own __init__ set (its data among them).
 _BUILT = {

@@ -12,6 +12,14 @@ dtype and device, which is what a sampler uses for its whole run.
 Code whose control flow depends on parameter values (`if`, `.item()`) cannot be traced: a
 Python value read from a tensor is refused, and the caller keeps the model's own code.
 (`make_fx` records the same way, but importing it costs about a second per process.)
+
+Linear algebra routines that check their result (`torch.linalg.cholesky`, `solve`, `inv`:
+an error when a matrix is not positive definite or is singular) are recorded without the check:
+the traced function returns NaN (a rejection) for the chains whose routine failed and the
+model's values for the others. Chains lie along dim 0 of the first input and of every output;
+a check whose matrices cannot be matched to chains that way fails the trace.
+
+Every private PyTorch name used here comes from `bayeslib.torch_compat`.
 """
 
 import functools
@@ -21,56 +29,70 @@ import warnings
 
 import torch
 from torch.fx import Graph, GraphModule, Node
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 from .samplers.base import Target
+from .torch_compat import (
+    LINALG_CHECK_ERRORS,
+    TO_COPY,
+    UNSAFE_VIEW,
+    DispatchMode,
+    direct_call,
+    is_aten_op,
+    is_mutable,
+    is_random,
+    op_name,
+    overload_name,
+    tree_flatten,
+    tree_map,
+)
 
 
 class TracingError(RuntimeError):
     """The model's log density could not be traced, or its trace disagrees with the model."""
 
 
-def trace(fn, *examples: torch.Tensor):
+def trace(fn, *examples: torch.Tensor, what: str = "the traced function"):
     """`fn` (tensors -> a tensor or tuple of tensors) traced at `examples`, simplified, and
-    written back as one straight-line Python function of tensor operations."""
+    written back as one straight-line Python function of tensor operations, which refuses
+    inputs of another shape, dtype or device (`what` names it in that error)."""
     graph_module = record(fn, *examples)
+    _check_linalg_chains(graph_module, examples)
     values = _values(graph_module, examples)
     simplify(graph_module, values)
-    return to_python(graph_module, values)
+    return to_python(graph_module, values, what)
 
 
 def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool = True):
     """`model`'s log density at batches shaped like `z` (`[chains, dim]`), traced: a callable
     `z -> (lp, grad)` (or `z -> lp` with `grad=False`) equal to `model.logdensity_and_grad`
-    (`model.logdensity`). Raises `TracingError` when the model cannot be traced or the trace
-    does not reproduce the model at `z`."""
+    (`model.logdensity`), NaN for the chains whose linear algebra fails. Raises `TracingError`
+    when the model cannot be traced, or its own code fails at `z`, or the trace does not
+    reproduce the model at `z` and at a second point near it."""
 
     eager = functools.partial(
         model.logdensity_and_grad if grad else model.logdensity, jacobian=jacobian
     )
-    traced = trace(eager, z)
+    traced = trace(eager, z, what=f"Model '{model.name}': its traced log density")
     _check_same(eager, traced, z)
+    _check_nearby(eager, traced, z)
     return traced
 
 
 # ----- recording
 
 
-class _Recorder(TorchDispatchMode):
-    """Runs every ATen operation as usual and keeps (op, args, kwargs, result)."""
+class _Recorder(DispatchMode):
+    """Runs every ATen operation as usual and keeps (op, args, kwargs, result). Linear algebra
+    checks are not run: their `info` tensors are kept in `infos`."""
 
     def __init__(self):
         super().__init__()
-        self.calls = []
-
-    @classmethod
-    def _should_skip_dynamo(cls):
-        # Nothing is compiled while recording; the default wraps __torch_dispatch__ in
-        # torch._dynamo.disable, whose import alone takes about a second.
-        return False
+        self.calls, self.infos = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is LINALG_CHECK_ERRORS:
+            self.infos.append(args[0])
+            return None
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.calls.append((func, args, kwargs, out))
@@ -80,7 +102,8 @@ class _Recorder(TorchDispatchMode):
 def record(fn, *examples: torch.Tensor) -> GraphModule:
     """The ATen operations `fn(*examples)` runs, as an FX graph of `examples`. Tensors that no
     recorded operation made are constants (the data, numbers). In-place writes become plain
-    operations where nothing else shares the written tensor's memory."""
+    operations where nothing else shares the written tensor's memory. Linear algebra checks
+    become data: outputs are NaN for the chains whose routine failed."""
     inputs = [e.detach().clone() for e in examples]
     recorder = _Recorder()
     try:
@@ -88,6 +111,9 @@ def record(fn, *examples: torch.Tensor) -> GraphModule:
             result = fn(*inputs)
     except Exception as error:
         raise TracingError(f"{type(error).__name__}: {error}") from error
+    if recorder.infos:
+        with recorder:
+            result = _nan_where_failed(result, recorder.infos, _chains(examples))
     calls = recorder.calls
     for func, *_, out in calls:
         if not all(isinstance(x, torch.Tensor) for x in tree_flatten(out)[0]):
@@ -110,7 +136,7 @@ def record(fn, *examples: torch.Tensor) -> GraphModule:
         return nodes[id(value)]
 
     for i, (func, args, kwargs, out) in enumerate(calls):
-        if func._schema.is_mutable:
+        if is_mutable(func):
             made_here = id(args[0]) in nodes and nodes[id(args[0])].op == "call_function"
             func = _functional(func, args, calls[i + 1 :], made_here)
         node = graph.call_function(func, tree_map(as_node, args), tree_map(as_node, kwargs))
@@ -120,6 +146,10 @@ def record(fn, *examples: torch.Tensor) -> GraphModule:
         else:
             nodes[id(out)] = node
     graph.output(tree_map(as_node, result))
+    for info in recorder.infos:
+        node = nodes[id(info)]
+        if node.op == "call_function" and node.target is operator.getitem:
+            node.meta["linalg_info"] = True  # checked by _check_linalg_chains
     return GraphModule(root, graph)
 
 
@@ -127,9 +157,9 @@ def _functional(func, args, later_calls, made_here):
     """The out-of-place twin of an in-place op (`mul_` -> `mul`), when the written tensor is
     an intermediate result (`made_here`) that no other tensor views."""
     written = args[0]
-    name, overload = func._schema.name.split("::")[-1], func._overloadname
+    name, overload = op_name(func), overload_name(func)
     twin = getattr(getattr(torch.ops.aten, name.rstrip("_"), None), overload, None)
-    if twin is None or twin._schema.is_mutable or not isinstance(written, torch.Tensor):
+    if twin is None or is_mutable(twin) or not isinstance(written, torch.Tensor):
         raise TracingError(f"{func} writes in place and has no out-of-place form")
     if not made_here:
         raise TracingError(f"{func} writes into the input or the data")
@@ -142,10 +172,139 @@ def _functional(func, args, later_calls, made_here):
     return twin
 
 
-def _check_same(eager, traced, z):
-    expected, got = eager(z), traced(z)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    got = got if isinstance(got, tuple) else (got,)
+# ----- linear algebra checks as data
+
+
+def _chains(examples) -> int:
+    if not examples or examples[0].ndim == 0:
+        raise TracingError("a linear algebra check needs chains along dim 0 of the first input")
+    return examples[0].shape[0]
+
+
+def _per_chain(info: torch.Tensor, chains: int) -> bool:
+    """Whether `info` holds one row per chain (dim 0), as `vmap` and a batched model's leading
+    chain dimension give; otherwise it concerns every chain (its matrices must not depend on
+    the chains, which `_check_linalg_chains` checks)."""
+    return chains > 1 and info.ndim > 0 and info.shape[0] == chains
+
+
+def _failed_chains(info: torch.Tensor, chains: int) -> torch.Tensor:
+    """`[chains]`: whether any of the chain's matrices failed (a nonzero info)."""
+    failed = info != 0
+    if _per_chain(info, chains):
+        return failed.reshape(chains, -1).any(1)
+    return failed.any().expand(chains)
+
+
+def _nan_where_failed(result, infos, chains: int):
+    """`result` (tensors with chains on dim 0), NaN for the chains whose routine failed."""
+    failed = functools.reduce(operator.or_, (_failed_chains(info, chains) for info in infos))
+
+    def reject(out):
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != chains:
+            raise TracingError(
+                f"an output of shape {tuple(getattr(out, 'shape', ()))} has no chain dimension "
+                f"(dim 0, {chains} chains) to reject where a linear algebra routine failed"
+            )
+        return torch.where(failed.reshape((chains,) + (1,) * (out.ndim - 1)), math.nan, out)
+
+    return tree_map(reject, result)
+
+
+def _check_linalg_chains(graph_module: GraphModule, examples) -> None:
+    """Each linear algebra check rejects the chains its matrices belong to: row `c` of a
+    per-chain check's inputs must depend on chain `c` only, the inputs of a check that
+    concerns every chain on no chain. Tested by moving groups of chains of the first input
+    and seeing which rows move."""
+    infos = [node for node in graph_module.graph.nodes if node.meta.get("linalg_info")]
+    if not infos or _chains(examples) == 1:
+        return
+    z, rest, chains = examples[0], tuple(examples[1:]), _chains(examples)
+    order = {node: i for i, node in enumerate(graph_module.graph.nodes)}
+    last = max(infos, key=order.__getitem__)  # after every check's routine and inputs
+    before = _values(graph_module, examples, until=last)
+    step = _nearby(z, 1e-3) - z
+    for moved in _chain_groups(chains, z.device):
+        after = _values(graph_module, (z + step * moved[:, None], *rest), until=last)
+        for info in infos:
+            _check_rows(info, before, after, moved, chains)
+
+
+def _chain_groups(chains: int, device):
+    """Groups of chains (`[chains]` masks) such that for any two chains, one group holds the
+    first and not the second: for each bit of the index, the chains with it set, then the
+    others."""
+    index = torch.arange(chains, device=device)
+    for bit in range(max(1, (chains - 1).bit_length())):
+        group = (index >> bit) & 1 == 1
+        yield group
+        yield ~group
+
+
+def _check_rows(info: Node, before: dict, after: dict, moved, chains: int) -> None:
+    """Moving the chains in `moved` (`before` -> `after`) moved exactly their rows (dim 0) of
+    the inputs of `info`'s routine if the check is per chain, else nothing."""
+    routine, per_chain = info.args[0], _per_chain(before[info], chains)
+    rows = torch.zeros_like(moved)
+    matched = True
+    for source in routine.all_input_nodes:
+        b, a = before[source], after[source]
+        changed = ~((b == a) | (b.isnan() & a.isnan()))
+        if not changed.any():
+            continue
+        if not per_chain or b.ndim == 0 or b.shape[0] != chains:
+            matched = False
+            break
+        rows |= changed.reshape(chains, -1).any(1)
+    if not matched or (per_chain and not torch.equal(rows, moved)):
+        shapes = ", ".join(str(tuple(before[n].shape)) for n in routine.all_input_nodes)
+        raise TracingError(
+            f"the result of {routine.target} cannot be matched to chains: row c of its inputs "
+            f"({shapes}) must move with chain c alone, or no input with any chain (chains lie "
+            f"along dim 0, {chains} chains); a batched model must keep its chains first in the "
+            "matrices it factorises"
+        )
+
+
+def _nearby(z: torch.Tensor, scale: float) -> torch.Tensor:
+    """A point near `z`, from a generator of its own: the global one is left as it is."""
+    generator = torch.Generator(device=z.device).manual_seed(0)
+    noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    return z + scale * (1 + z.abs()) * noise
+
+
+# ----- checking a trace
+
+
+def _as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_same(eager, traced, z) -> None:
+    """The trace gives the model's own values at `z`."""
+    try:
+        expected = _as_tuple(eager(z))
+    except Exception as error:
+        raise TracingError(
+            f"the model's own code fails where it is checked ({type(error).__name__}: {error})"
+        ) from error
+    _compare(expected, _as_tuple(traced(z)))
+
+
+def _check_nearby(eager, traced, z) -> None:
+    """The trace gives the model's own values at a second point near `z`. Where the model's
+    code raises there (a routine failed for some chains, and it raises for the batch), the
+    chains the trace rejects keep their `z`."""
+    near = _nearby(z, 0.1)
+    try:
+        eager(near)
+    except Exception:
+        rejected = _as_tuple(traced(near))[0].isnan()
+        near = torch.where(rejected[:, None], z, near)
+    _check_same(eager, traced, near)
+
+
+def _compare(expected: tuple, got: tuple) -> None:
     for e, g in zip(expected, got, strict=True):
         if e.shape != g.shape or not torch.allclose(e, g, rtol=1e-6, atol=1e-8, equal_nan=True):
             raise TracingError("the traced log density differs from the model's own")
@@ -189,27 +348,40 @@ def simplify(graph_module: GraphModule, values: dict) -> None:
     graph_module.recompile()
 
 
+class _Reached(Exception):
+    pass
+
+
 class _Interpreter(torch.fx.Interpreter):
+    """Keeps every node's value in `values`; stops after the node `until`."""
+
+    def __init__(self, graph_module, until=None):
+        super().__init__(graph_module)
+        self.values, self.until = {}, until
+
     def run_node(self, node):
-        value = super().run_node(node)
-        self.values[node] = value
+        value = self.values[node] = super().run_node(node)
+        if node is self.until:
+            raise _Reached
         return value
 
 
-def _values(graph_module, examples) -> dict:
-    """Every node's value when the graph runs on `examples`."""
-    interpreter = _Interpreter(graph_module)
-    interpreter.values = {}
-    interpreter.run(*examples)
+def _values(graph_module, examples, until: Node | None = None) -> dict:
+    """Every node's value when the graph runs on `examples` (up to `until`)."""
+    interpreter = _Interpreter(graph_module, until)
+    try:
+        interpreter.run(*examples)
+    except _Reached:
+        pass
     return interpreter.values
 
 
 def _is_op(node: Node) -> bool:
-    return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+    return node.op == "call_function" and is_aten_op(node.target)
 
 
 def _is_random(node: Node) -> bool:
-    return torch.Tag.nondeterministic_seeded in node.target.tags
+    return is_random(node.target)
 
 
 _aten = torch.ops.aten
@@ -252,12 +424,12 @@ def _fold_constants(graph_module: GraphModule, values: dict) -> None:
 # Operations that return their first input when the result has its shape, dtype and device.
 _SAME_WHEN_SAME_LAYOUT = {
     _aten.view.default,
-    _aten._unsafe_view.default,
+    UNSAFE_VIEW,
     _aten.expand.default,
     _aten.alias.default,
     _aten.detach.default,
     _aten.clone.default,
-    _aten._to_copy.default,
+    TO_COPY,
 }
 # (operation, the scalar that leaves its first input unchanged, or a constant tensor of it).
 _NEUTRAL = {
@@ -324,10 +496,12 @@ def _hashable(value):
 # ----- the graph as one Python function
 
 
-def to_python(graph_module: GraphModule, values: dict):
+def to_python(graph_module: GraphModule, values: dict, what: str = "the traced function"):
     """The graph as a plain Python function: one line per operation, each calling the
     fastest binding of it (`torch.add` is cheaper to call than `torch.ops.aten.add.Tensor`),
-    checked to give the traced value; a tensor is released after its last use."""
+    checked to give the traced value; a tensor is released after its last use. It raises
+    `TracingError` for an input of another shape, dtype or device than the traced one (the
+    graph holds constants folded for that shape)."""
     nodes = list(graph_module.graph.nodes)
     last_use = {}
     for i, node in enumerate(nodes):
@@ -363,6 +537,14 @@ def to_python(graph_module: GraphModule, values: dict):
         name = names[node] = f"v{i}"
         if node.op == "placeholder":
             args.append(name)
+            example = values[node]
+            layout = (bind(example.shape), bind(example.dtype), bind(example.device))
+            refuse = bind(functools.partial(_refusal, what, _layout(example)))
+            lines.append(
+                f"if {name}.shape != {layout[0]} or {name}.dtype != {layout[1]} "
+                f"or {name}.device != {layout[2]}:"
+            )
+            lines.append(f"    raise {refuse}({name})")
             continue
         if node.op == "get_attr":
             scope[name] = values[node]
@@ -386,13 +568,24 @@ def to_python(graph_module: GraphModule, values: dict):
     return traced
 
 
+def _layout(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, {t.dtype} on {t.device}"
+
+
+def _refusal(what: str, traced_for: str, given: torch.Tensor) -> TracingError:
+    return TracingError(
+        f"{what} was traced for inputs of {traced_for} (shape-only operations were folded for "
+        f"it) and is given {_layout(given)}: trace it again for these inputs (make_target)"
+    )
+
+
 def _fastest(node: Node, values: dict):
     """The cheapest binding of the node's operation that gives the traced value."""
     op = node.target
-    if not isinstance(op, torch._ops.OpOverload):
+    if not is_aten_op(op):
         return op
     args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
-    name = op._schema.name.split("::")[-1]
+    name = op_name(op)
     for candidate in (getattr(torch, name, None), getattr(torch.Tensor, name, None)):
         if candidate is None or not callable(candidate):
             continue
@@ -401,7 +594,7 @@ def _fastest(node: Node, values: dict):
                 return candidate
         except Exception:
             continue
-    return op._op
+    return direct_call(op)
 
 
 def _identical(a, b) -> bool:

@@ -10,12 +10,13 @@ tracing, warmup and draws) two ways that alternate within each repeat:
 
 Both on a quiet machine and with one other CPU-bound process running (a Python busy loop in a
 subprocess, stopped after); `--machine` picks one. Where the library chooses torch's setting
-anyway, the two calls are the same call: it is timed once and shown in both columns (calls =
-1). Runs are shorter than the default 1000 + 1000 (`ITERATIONS`: warmup = draws, per chain
-count). Prints the medians over repeats, and whether before and after gave the same draws bit
-for bit; writes threads_runs_MACHINE.csv (with the 1-minute load average after each case, to
-tell a quiet machine from one someone else was using) and threads_MACHINE.csv to `--out`
-(default results/benchmarks).
+anyway (it also counts the cores idle at the call: one with the busy loop running), the two
+calls are the same call: it is timed once and shown in both columns (calls = 1). Runs are
+shorter than the default 1000 + 1000 (`ITERATIONS`: warmup = draws, per chain count). Prints the
+medians over repeats, and whether before and after gave the same draws bit for bit; writes
+threads_runs_MACHINE.csv (with the 1-minute load average after each case, to tell a quiet
+machine from one someone else was using) and threads_MACHINE.csv to `--out` (default
+results/benchmarks).
 """
 
 import argparse
@@ -70,7 +71,7 @@ def condition(name, repeats, iterations, default):
             model = cls.simulate()[0]
             for sampler in SAMPLERS:
                 for chains in CHAINS:
-                    chosen = choose_threads(work(model, chains), default)
+                    chosen = choose_threads(work(model, chains))  # as the library does
                     variants = {"before": default, "after": None}
                     order = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
                     if chosen == default:

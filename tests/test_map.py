@@ -72,7 +72,8 @@ def test_bad_arguments():
 @pytest.mark.parametrize("data_seed, seed", [(1, 18), (3, 8)])
 def test_a_start_whose_line_search_steps_to_nan_is_replaced(data_seed, seed):
     """From these uniform starts, L-BFGS steps to where sigma underflows to 0 and the density
-    is NaN; find_map starts again and still finds least squares."""
+    is NaN, and its line search gives up; find_map starts again and still finds least
+    squares."""
     model, _ = LinearRegression.simulate(n=200, seed=data_seed)
     result = bl.find_map(model, seed=seed)
     beta = torch.linalg.lstsq(model.X, model.y[:, None]).solution.ravel()

@@ -379,6 +379,24 @@ def test_replace_builds_a_predictive_model_for_new_inputs():
     assert (y.mean(0) - expected).abs().max() < 5 * 0.5 / np.sqrt(3000)
 
 
+def test_replace_refuses_data_that_changes_a_parameter_shape():
+    model, truth = LinearRegression.simulate(n=20)
+    wide = torch.ones(5, 4, dtype=F64)
+    message = (
+        r"Model 'LinearRegression': replace\(X=..., y=...\) changes the shape of 'beta' from "
+        r"\(3,\) to \(4,\).*'X' has shape \(5, 4\), give shape \(rows, 3\)"
+    )
+    with pytest.raises(bl.ModelError, match=message):
+        model.replace(X=wide, y=None)
+    post = bl.Posterior(
+        draws={"beta": truth["beta"].expand(1, 10, 3), "sigma": torch.ones(1, 10, dtype=F64)}
+    )
+    with pytest.raises(bl.ModelError, match=r"changes the shape of 'beta'"):
+        bl.posterior_predictive(model, post, X=wide)
+    fewer_rows = bl.posterior_predictive(model, post, X=torch.ones(5, 3, dtype=F64))["y"]
+    assert fewer_rows.shape == (1, 10, 5)
+
+
 def test_init_z_kinds():
     model, _ = Best.simulate()
     g = torch.Generator().manual_seed(0)
@@ -447,7 +465,6 @@ def test_support_without_bijection():
 @pytest.mark.parametrize(
     "declare, message",
     [
-        (lambda: bl.Param(Normal(0.0, 1.0), support=constraints.positive), "not both"),
         (lambda: bl.Param("normal"), "prior must be a torch Distribution"),
         (lambda: bl.Param(Normal(0.0, 1.0), shape=(0,)), "shape must be a tuple of positive"),
         (lambda: bl.Param(support="positive"), "support must be a constraint"),

@@ -1,5 +1,8 @@
 """Traced log densities: the same numbers as the model's own code, or a clear fall back."""
 
+import math
+import warnings
+
 import pytest
 import torch
 from test_model import (
@@ -12,11 +15,33 @@ from test_model import (
     WithHalfT,
     random_z,
 )
-from torch.distributions import Normal, Uniform
+from torch.distributions import (
+    HalfNormal,
+    InverseGamma,
+    MultivariateNormal,
+    Normal,
+    Poisson,
+    Uniform,
+)
 
 import bayeslib as bl
 from bayeslib.models import Best, BestStudentT, LinearRegression
-from bayeslib.tracing import TracingError, make_target, trace_logdensity
+from bayeslib.torch_compat import direct_call, op_name
+from bayeslib.tracing import (
+    TracingError,
+    _drop_identities,
+    _fastest,
+    _fold_constants,
+    _is_op,
+    _nearby,
+    _share_repeated,
+    _values,
+    make_target,
+    record,
+    simplify,
+    to_python,
+    trace_logdensity,
+)
 
 MODELS = [
     Best.simulate(seed=0)[0],
@@ -109,3 +134,365 @@ def test_traced_and_eager_sampling_give_the_same_draws(sampler):
     eager = bl.sample(model, traced=False, **kwargs)
     for name in traced.draws:
         torch.testing.assert_close(traced.draws[name], eager.draws[name], rtol=1e-9, atol=1e-9)
+
+
+# ----- linear algebra: a failed factorisation is a rejected chain, not an exception
+
+
+class PoissonGP(bl.Model):
+    """Counts y_i ~ Poisson(exp(f(x_i))), f = m + L eta with L the Cholesky factor of a
+    squared-exponential kernel (amplitude alpha, length scale rho) plus 1e-10 I. Written so
+    that it runs for one draw (vmapped) or, with `batched = True`, for a leading chain
+    dimension."""
+
+    m = bl.Param(Normal(0.0, 2.0))
+    alpha = bl.Param(HalfNormal(2.0))
+    rho = bl.Param(InverseGamma(5.0, 5.0))
+    eta = bl.Param(Normal(0.0, 1.0), shape=lambda p: tuple(p.x.shape))
+
+    def __init__(self, x, y):
+        super().__init__(x=x, y=y)
+
+    def observe(self, p):
+        alpha, rho = p.alpha[..., None, None], p.rho[..., None, None]
+        distance = p.x[:, None] - p.x[None, :]
+        K = alpha**2 * torch.exp(-0.5 * (distance / rho) ** 2)
+        L = torch.linalg.cholesky(K + 1e-10 * torch.eye(len(p.x), dtype=p.x.dtype))
+        f = p.m[..., None] + (L @ p.eta[..., None])[..., 0]
+        return {"y": Poisson(f.exp())}
+
+
+class PoissonGPBatched(PoissonGP):
+    batched = True
+
+
+class CorrelatedPair(bl.Model):
+    """Pairs y_i ~ MultivariateNormal(0, [[1, r], [r, 1]]) with r on the whole real line: the
+    covariance is not positive definite where |r| >= 1."""
+
+    r = bl.Param(Normal(0.0, 0.5))
+
+    def __init__(self, y):
+        super().__init__(y=y)
+
+    def observe(self, p):
+        cov = torch.eye(2, dtype=p.y.dtype) + p.r * (1 - torch.eye(2, dtype=p.y.dtype))
+        return {"y": MultivariateNormal(torch.zeros(2, dtype=p.y.dtype), covariance_matrix=cov)}
+
+
+class SolvePair(bl.Model):
+    """y ~ Normal(K^-1 1, 1) with K = [[1, r], [r, 1]]: K is singular at r = 1, where
+    `torch.linalg.solve` raises."""
+
+    r = bl.Param(Normal(0.0, 0.5))
+
+    def __init__(self):
+        super().__init__(y=[0.5, -1.0])
+
+    def observe(self, p):
+        K = torch.eye(2, dtype=p.y.dtype) + p.r[..., None, None] * (1 - torch.eye(2))
+        return {"y": Normal(torch.linalg.solve(K, torch.ones_like(p.y)), 1.0)}
+
+
+def poisson_gp(cls=PoissonGP, n=12):
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(0.0, 10.0, n, dtype=torch.float64)
+    y = torch.poisson(torch.exp(1.0 + torch.sin(x)), generator=g)
+    return cls(x, y)
+
+
+def correlated_pair(n=40, r=0.8):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, n, generator=g, dtype=torch.float64)
+    return CorrelatedPair(torch.stack([a, r * a + (1 - r**2) ** 0.5 * b], dim=-1))
+
+
+def fails_alone(model, z_row):
+    """The model's own code fails (raises, or gives NaN) at one chain's z."""
+    try:
+        lp, _ = model.logdensity_and_grad(z_row[None])
+    except torch.linalg.LinAlgError:
+        return True
+    return bool(lp.isnan().all())
+
+
+def failing_z(model, chains, seed):
+    """Small random z with chains 1 and 4 (0 with one chain) where the factorisation fails:
+    for the GP alpha = 1e5 and rho = 100 (K is numerically singular), for the pair r = 1.5
+    (not positive definite), for the solve r = 1 (singular)."""
+    z = random_z(model, chains, seed=seed, scale=0.3)
+    bad = [0] if chains == 1 else [1, 4]
+    if isinstance(model, PoissonGP):
+        z[bad, 1] = math.log(1e5)  # alpha and rho, through exp
+        z[bad, 2] = math.log(100.0)
+    else:
+        z[bad, 0] = 1.0 if isinstance(model, SolvePair) else 1.5
+    return z, bad
+
+
+LINALG_MODELS = [poisson_gp(), poisson_gp(PoissonGPBatched), correlated_pair(), SolvePair()]
+
+
+@pytest.mark.parametrize("model", LINALG_MODELS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("chains", [1, 6])
+def test_linear_algebra_is_traced_nan_for_the_chains_where_it_fails(model, chains):
+    traced = trace_logdensity(model, random_z(model, chains, seed=0, scale=0.3))
+    z, bad = failing_z(model, chains, seed=1)
+    assert all(fails_alone(model, z[c]) for c in bad)
+    got_lp, got_grad = traced(z)
+    ok = torch.ones(chains, dtype=torch.bool)
+    ok[bad] = False
+    assert got_lp[~ok].isnan().all() and got_grad[~ok].isnan().all()
+    if ok.any():
+        lp, grad = model.logdensity_and_grad(z[ok])
+        torch.testing.assert_close(got_lp[ok], lp, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_grad[ok], grad, rtol=1e-12, atol=1e-12)
+    # where every factorisation succeeds, the model's own numbers
+    z = random_z(model, chains, seed=2, scale=0.3)
+    lp, grad = model.logdensity_and_grad(z)
+    got_lp, got_grad = traced(z)
+    torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12)
+
+
+def test_failures_near_the_trace_point_leave_it_traced():
+    """Checked at a second point where some chains' covariance is not positive definite (the
+    model's own code raises for the batch): those chains keep the first point."""
+    model = correlated_pair()
+    z = torch.full((6, 1), 0.95, dtype=torch.float64)
+    assert (_nearby(z, 0.1).abs() >= 1).any()
+    traced = trace_logdensity(model, z)
+    torch.testing.assert_close(traced(z)[0], model.logdensity(z), rtol=1e-12, atol=1e-12)
+    # where the model's own code raises at the trace point itself, it is not traced
+    z[1] = 1.5
+    with pytest.raises(TracingError, match="own code fails where it is checked"):
+        trace_logdensity(model, z)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda K, b: torch.linalg.solve(K, b),
+        lambda K, b: torch.linalg.solve_triangular(
+            torch.linalg.cholesky(K), b[..., None], upper=False
+        )[..., 0],
+        lambda K, b: torch.cholesky_solve(b[..., None], torch.linalg.cholesky(K))[..., 0],
+        lambda K, b: torch.logdet(K) * b,
+        lambda K, b: torch.linalg.slogdet(K)[1] * b,
+        lambda K, b: torch.linalg.inv(K) @ b,
+    ],
+    ids=["solve", "solve_triangular", "cholesky_solve", "logdet", "slogdet", "inv"],
+)
+def test_linear_algebra_of_real_models_is_traced(op):
+    model = LinearAlgebra(op)
+    traced = trace_logdensity(model, random_z(model, 5, seed=0, scale=0.3))
+    z = random_z(model, 5, seed=1, scale=0.3)
+    lp, grad = model.logdensity_and_grad(z)
+    got_lp, got_grad = traced(z)
+    torch.testing.assert_close(got_lp, lp, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_grad, grad, rtol=1e-10, atol=1e-10)
+
+
+class LinearAlgebra(bl.Model):
+    """y ~ Normal(op(K, b), 1), K = I + A A^T with A and b parameters."""
+
+    A = bl.Param(Normal(0.0, 1.0), shape=(3, 3))
+    b = bl.Param(Normal(0.0, 1.0), shape=(3,))
+
+    def __init__(self, op):
+        super().__init__(y=[0.5, -1.0, 2.0])
+        self.op = op
+
+    def observe(self, p):
+        K = torch.eye(3, dtype=p.A.dtype) + p.A @ p.A.mT
+        return {"y": Normal(self.op(K, p.b), 1.0)}
+
+
+class MixedChains(bl.Model):
+    """A batched model whose factorisations cannot be told apart per chain: the one for chain
+    c uses chain c - 1's amplitude (`roll`), one for all chains uses their mean amplitude
+    (`shared`), or 4 fixed matrices, as many as the chains traced, do not depend on the chains
+    at all (`data`)."""
+
+    batched = True
+    alpha = bl.Param(HalfNormal(1.0))
+
+    def __init__(self, how):
+        super().__init__(y=[0.5, -1.0])
+        self.how = how
+
+    def observe(self, p):
+        alpha = p.alpha.reshape(-1)  # [chains], or [1] for the one draw the model is checked at
+        diagonal = {
+            "roll": lambda: 1.0 + alpha.roll(1, 0),
+            "shared": lambda: 1.0 + alpha.mean(0, keepdim=True),
+            "data": lambda: torch.arange(1.0, 5.0, dtype=alpha.dtype),
+        }[self.how]()
+        K = torch.eye(2, dtype=alpha.dtype) * diagonal[:, None, None]
+        scale = torch.linalg.cholesky(K).diagonal(dim1=-2, dim2=-1)[-len(alpha) :]
+        loc = (alpha[:, None] * scale).reshape(p.alpha.shape + (2,))
+        return {"y": Normal(loc, 1.0)}
+
+
+@pytest.mark.parametrize("how", ["roll", "shared", "data"])
+def test_a_check_that_mixes_chains_fails_the_trace(how):
+    model = MixedChains(how)
+    with pytest.raises(TracingError, match="cannot be matched to chains"):
+        trace_logdensity(model, random_z(model, 4, seed=0))
+    with pytest.warns(UserWarning, match="could not be traced"):
+        make_target(model, random_z(model, 4, seed=0))
+
+
+def test_sampling_a_model_whose_cholesky_fails_for_some_proposals():
+    """r near 1: NUTS proposes |r| >= 1 (no positive definite covariance) now and then; those
+    proposals are divergences of their chain, and the run goes on traced."""
+    model = correlated_pair(n=40, r=0.95)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not be traced")
+        # a start inside |r| < 1: the model's own code (used to choose starts) raises outside
+        post = bl.sample(
+            model, chains=4, warmup=150, draws=100, seed=1, init={"r": 0.0}, progress=False
+        )
+    r = post["r"]
+    assert (r.abs() < 1).all()
+    assert 0.85 < float(r.mean()) < 1.0
+
+
+# ----- the trace is checked at a second point and refuses other inputs
+
+
+class NumpyBranch(bl.Model):
+    """A batched model that reads parameter values through NumPy, out of the tracer's sight:
+    the branch taken at the traced point is frozen into the trace."""
+
+    batched = True
+    mu = bl.Param(Normal(0.0, 1.0))
+    threshold = 0.0
+
+    def __init__(self):
+        super().__init__(y=[0.5, -1.0])
+
+    def observe(self, p):
+        shift = 3.0 if (p.mu.detach().numpy() >= self.threshold).all() else 0.0
+        return {"y": Normal(p.mu[..., None] + shift, 1.0)}
+
+
+def test_the_trace_is_checked_at_a_second_point_near_the_first():
+    model = NumpyBranch()
+    z = torch.full((6, 1), 0.25, dtype=torch.float64)
+    model.threshold = 0.25  # every chain sits on the branch point; the second point leaves it
+    with pytest.raises(TracingError, match="differs from the model's own"):
+        trace_logdensity(model, z)
+    model.threshold = -10.0  # the branch never changes: traced
+    trace_logdensity(model, z)
+
+
+def test_the_traced_function_refuses_inputs_of_another_layout():
+    model = Best.simulate(seed=0)[0]
+    traced = trace_logdensity(model, random_z(model, 4, seed=0))
+    refusal = r"Model 'Best'.*traced for inputs of shape \(4, 4\)"
+    for z in [random_z(model, 5), random_z(model, 4).float(), random_z(model, 4)[:, :3]]:
+        with pytest.raises(TracingError, match=refusal):
+            traced(z)
+
+
+# ----- each simplification pass, on tiny functions
+
+
+def recorded(fn, *examples):
+    graph_module = record(fn, *examples)
+    return graph_module, _values(graph_module, examples)
+
+
+def op_names(graph_module):
+    return [op_name(n.target) for n in graph_module.graph.nodes if _is_op(n)]
+
+
+Z = torch.tensor([[0.5, -1.0], [2.0, 0.1]], dtype=torch.float64)
+DATA = torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+
+def test_constant_folding_computes_data_and_shape_only_operations_once():
+    graph_module, values = recorded(lambda z: z * DATA.exp().sum() + torch.ones_like(z), Z)
+    assert op_names(graph_module) == ["exp", "sum", "mul", "ones_like", "detach", "add"]
+    _fold_constants(graph_module, values)
+    graph_module.graph.eliminate_dead_code()
+    assert op_names(graph_module) == ["mul", "add"]
+    traced = to_python(graph_module, values)
+    torch.testing.assert_close(traced(2 * Z), 2 * Z * DATA.exp().sum() + 1, rtol=0, atol=0)
+
+
+def test_identities_are_dropped():
+    def fn(z):
+        return (z.view(z.shape) * 1 + 0).expand(z.shape).clone() / 1.0
+
+    graph_module, values = recorded(fn, Z)
+    assert op_names(graph_module) == ["view", "mul", "add", "expand", "clone", "div"]
+    _drop_identities(graph_module.graph, values)
+    graph_module.graph.eliminate_dead_code()
+    assert op_names(graph_module) == []
+    # a view or a product that changes its input stays
+    graph_module, values = recorded(lambda z: z.view(4) * 2 + DATA.repeat(2), Z)
+    _drop_identities(graph_module.graph, values)
+    graph_module.graph.eliminate_dead_code()
+    assert op_names(graph_module) == ["view", "mul", "repeat", "add"]
+
+
+def test_repeated_operations_are_shared_but_random_ones_are_not():
+    graph_module, values = recorded(lambda z: z.exp() + z.exp(), Z)
+    _share_repeated(graph_module.graph)
+    graph_module.graph.eliminate_dead_code()
+    assert op_names(graph_module) == ["exp", "add"]
+    graph_module, values = recorded(lambda z: z + torch.rand_like(z) - torch.rand_like(z), Z)
+    _share_repeated(graph_module.graph)
+    graph_module.graph.eliminate_dead_code()
+    assert op_names(graph_module) == ["rand_like", "detach", "add", "rand_like", "detach", "sub"]
+
+
+def test_dead_code_is_removed():
+    def fn(z):
+        z.cos()  # computed, never used
+        return z.sin()
+
+    graph_module, values = recorded(fn, Z)
+    assert op_names(graph_module) == ["cos", "sin"]
+    simplify(graph_module, values)
+    assert op_names(graph_module) == ["sin"]
+
+
+def test_the_fastest_binding_that_gives_the_traced_value(monkeypatch):
+    graph_module, values = recorded(lambda z: torch.linalg.cholesky_ex(z @ z.mT + 1).L.exp(), Z)
+    chosen = {op_name(n.target): _fastest(n, values) for n in graph_module.graph.nodes if _is_op(n)}
+    assert chosen["exp"] is torch.exp and chosen["add"] is torch.add
+    # no torch.* or Tensor.* binding of that name: the op's own entry point
+    assert chosen["linalg_cholesky_ex"] is direct_call(torch.ops.aten.linalg_cholesky_ex.default)
+    # a binding is used only where it gives the traced value
+    (exp,) = [n for n in graph_module.graph.nodes if _is_op(n) and op_name(n.target) == "exp"]
+    monkeypatch.setattr(torch, "exp", lambda x: x + 1)
+    assert _fastest(exp, values) is torch.Tensor.exp
+    monkeypatch.setattr(torch.Tensor, "exp", lambda x: x + 2)
+    assert _fastest(exp, values) is direct_call(torch.ops.aten.exp.default)
+
+
+def test_in_place_writes_that_cannot_become_plain_operations_are_refused():
+    def into_input(z):
+        return z.mul_(2.0)
+
+    def into_data(z):
+        return z + DATA.add_(0.0)
+
+    def into_a_viewed_tensor(z):
+        y = z.exp()
+        first = y[0]
+        y.mul_(2.0)
+        return first + y
+
+    with pytest.raises(TracingError, match="writes into the input or the data"):
+        record(into_input, Z)
+    with pytest.raises(TracingError, match="writes into the input or the data"):
+        record(into_data, Z)
+    with pytest.raises(TracingError, match="writes into a tensor that another one views"):
+        record(into_a_viewed_tensor, Z)
+    # an intermediate result that nothing views becomes a plain operation
+    graph_module, _ = recorded(lambda z: z.exp().mul_(2.0), Z)
+    assert op_names(graph_module) == ["exp", "mul"]

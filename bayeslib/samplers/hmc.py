@@ -37,19 +37,28 @@ def hmc_step(
 
     eps = step_size.unsqueeze(-1)
     z, r, lp, grad = z0, r0, lp0, grad0
+    # Chains whose log density came back NaN (the model's code failed there) stop, with zero
+    # momentum and gradient so that their remaining steps stay at their last point instead of
+    # evaluating the model at NaN, and are rejected. The CPU checks every step, where a sync
+    # is cheap; until a chain fails, all take their first `fewest` steps unmasked.
+    failed = torch.zeros_like(lp0, dtype=torch.bool)
+    any_failed, check_each_step = False, z0.device.type == "cpu"
     for k in range(most):
         z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, target.logdensity_and_grad)
-        if k < fewest:
+        if check_each_step and not any_failed:
+            any_failed = bool(lp1.isnan().any())
+        if k < fewest and not any_failed:
             z, r, lp, grad = z1, r1, lp1, g1
-        else:
-            moving = k < n_steps
-            moving_col = moving.unsqueeze(-1)
-            z = torch.where(moving_col, z1, z)
-            r = torch.where(moving_col, r1, r)
-            grad = torch.where(moving_col, g1, grad)
-            lp = torch.where(moving, lp1, lp)
+            continue
+        failed = failed | lp1.isnan()
+        moving = (k < n_steps) & ~failed
+        moving_col, failed_col = moving.unsqueeze(-1), failed.unsqueeze(-1)
+        z = torch.where(moving_col, z1, z)
+        r = torch.where(moving_col, r1, torch.where(failed_col, 0.0, r))
+        grad = torch.where(moving_col, g1, torch.where(failed_col, 0.0, grad))
+        lp = torch.where(moving, lp1, lp)
 
-    lp = clean_logdensity(lp)
+    lp = clean_logdensity(torch.where(failed, math.nan, lp))
     h = metric.kinetic_energy(r) - lp
     delta = (h - h0).nan_to_num(math.inf)
     acceptance_rate = torch.exp(-delta).clamp(max=1.0)

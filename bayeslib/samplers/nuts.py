@@ -87,8 +87,12 @@ def nuts_step(
         right_col = right.unsqueeze(-1)
         eps = torch.where(right, step_size, -step_size).unsqueeze(-1)
         z = torch.where(right_col, z_right, z_left)
-        r = torch.where(right_col, r_right, r_left)
-        grad = torch.where(right_col, g_right, g_left)
+        # A chain that is done waits with zero momentum and gradient, so that its leapfrog
+        # steps stay where its log density was already evaluated: no needless evaluation
+        # (which could raise, or be NaN) past the end of its trajectory.
+        active_col = active.unsqueeze(-1)
+        r = torch.where(active_col, torch.where(right_col, r_right, r_left), 0.0)
+        grad = torch.where(active_col, torch.where(right_col, g_right, g_left), 0.0)
 
         # The new sub-tree of 2**d leaves, its proposal drawn in proportion to the weights.
         n_leaves = 2**d
@@ -130,8 +134,8 @@ def nuts_step(
             sub_active = sub_active & ~stop
             active_col = sub_active.unsqueeze(-1)
             z = torch.where(active_col, z1, z)
-            r = torch.where(active_col, r1, r)
-            grad = torch.where(active_col, g1, grad)
+            r = torch.where(active_col, r1, 0.0)
+            grad = torch.where(active_col, g1, 0.0)
             if sync_each_leaf and n + 1 < n_leaves and not bool(sub_active.any()):
                 break
 

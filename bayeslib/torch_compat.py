@@ -1,0 +1,76 @@
+"""Every private PyTorch name the tracer (`bayeslib.tracing`) uses, in one place.
+
+None of these is covered by PyTorch's compatibility promise. Each one is tested in
+`tests/test_torch_compat.py` for the behaviour the tracer relies on, so that a torch release
+that removes or changes one fails those tests by name instead of changing traced log densities.
+"""
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = [
+    "LINALG_CHECK_ERRORS",
+    "TO_COPY",
+    "UNSAFE_VIEW",
+    "DispatchMode",
+    "direct_call",
+    "is_aten_op",
+    "is_mutable",
+    "is_random",
+    "op_name",
+    "overload_name",
+    "tree_flatten",
+    "tree_map",
+]
+
+_aten = torch.ops.aten
+
+# Raises when a linear algebra routine's `info` is nonzero (`torch.linalg.cholesky` calls
+# `linalg_cholesky_ex`, then this with the info tensor as its first argument).
+LINALG_CHECK_ERRORS = _aten._linalg_check_errors.default
+# The ATen operations that `reshape` and `.to()` issue; they return their input when nothing
+# changes.
+UNSAFE_VIEW = _aten._unsafe_view.default
+TO_COPY = _aten._to_copy.default
+
+
+class DispatchMode(TorchDispatchMode):
+    """A `TorchDispatchMode` whose `__torch_dispatch__` is left as written."""
+
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # Nothing is compiled while recording; the default (True) wraps __torch_dispatch__ in
+        # torch._dynamo's disable, whose import alone takes about a second.
+        return False
+
+
+def is_aten_op(target) -> bool:
+    """Whether `target` is one overload of an ATen operation (`torch.ops.aten.add.Tensor`)."""
+    return isinstance(target, torch._ops.OpOverload)
+
+
+def op_name(op) -> str:
+    """The operation's name without namespace or overload: 'add', 'mul_'."""
+    return op._schema.name.split("::")[-1]
+
+
+def overload_name(op) -> str:
+    """The overload's name: 'Tensor' for `aten.add.Tensor`, 'default' for `aten.exp.default`."""
+    return op._overloadname
+
+
+def is_mutable(op) -> bool:
+    """Whether the operation writes into one of its arguments (`mul_`, `copy_`, `out=`)."""
+    return op._schema.is_mutable
+
+
+def is_random(op) -> bool:
+    """Whether the operation draws from a random number generator."""
+    return torch.Tag.nondeterministic_seeded in op.tags
+
+
+def direct_call(op):
+    """The operation's C++ entry point: the same result as `op(...)`, without its Python
+    wrapper's cost."""
+    return op._op
