@@ -135,10 +135,12 @@ def record(fn, *examples: torch.Tensor) -> GraphModule:
             nodes[id(value)] = graph.get_attr(name)
         return nodes[id(value)]
 
+    existing = {id(tensor) for tensor in inputs}  # tensors made so far
     for i, (func, args, kwargs, out) in enumerate(calls):
+        existing.update(id(t) for t in tree_flatten((args, kwargs, out))[0])
         if is_mutable(func):
             made_here = id(args[0]) in nodes and nodes[id(args[0])].op == "call_function"
-            func = _functional(func, args, calls[i + 1 :], made_here)
+            func = _functional(func, args, calls[i + 1 :], made_here, existing)
         node = graph.call_function(func, tree_map(as_node, args), tree_map(as_node, kwargs))
         if isinstance(out, tuple | list):
             for k, item in enumerate(out):
@@ -153,9 +155,11 @@ def record(fn, *examples: torch.Tensor) -> GraphModule:
     return GraphModule(root, graph)
 
 
-def _functional(func, args, later_calls, made_here):
+def _functional(func, args, later_calls, made_here, existing):
     """The out-of-place twin of an in-place op (`mul_` -> `mul`), when the written tensor is
-    an intermediate result (`made_here`) that no other tensor views."""
+    an intermediate result (`made_here`) that no other tensor made before the write
+    (`existing`: their ids) views and uses later. Views made after the write (autograd saving
+    the result of `exp_`) see the written value, which the twin's result is."""
     written = args[0]
     name, overload = op_name(func), overload_name(func)
     twin = getattr(getattr(torch.ops.aten, name.rstrip("_"), None), overload, None)
@@ -166,7 +170,7 @@ def _functional(func, args, later_calls, made_here):
     storage = written.untyped_storage().data_ptr()
     for _, later_args, later_kwargs, _ in later_calls:
         for t in tree_flatten((later_args, later_kwargs))[0]:
-            if isinstance(t, torch.Tensor) and t is not written:
+            if isinstance(t, torch.Tensor) and t is not written and id(t) in existing:
                 if t.untyped_storage().data_ptr() == storage:
                     raise TracingError(f"{func} writes into a tensor that another one views")
     return twin
@@ -323,8 +327,12 @@ def make_target(model, z, grad=True, traced=True) -> Target:
     except TracingError as error:
         warnings.warn(
             f"Model '{model.name}': its log density could not be traced ({error}); running its "
-            "Python code on every call, which is slower. Control flow on parameter values "
-            "(if, .item()) prevents tracing: use torch.where instead.",
+            "Python code on every call, which is slower."
+            + (
+                " Use torch.where instead of if or .item() on parameter values."
+                if "Python value" in str(error)
+                else ""
+            ),
             stacklevel=3,
         )
         return eager

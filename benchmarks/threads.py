@@ -36,9 +36,9 @@ from bayeslib.threads import choose_threads, work
 MODELS = {"best": Best, "linear": LinearRegression}
 SAMPLERS = ("nuts", "hmc")
 CHAINS = (4, 1024)
-# Warmup and draws per chain count: 1024 chains of the linear regression take a minute per
-# 100 + 100 with another process running.
-ITERATIONS = {4: 300, 1024: 100}
+# Warmup and draws per chain count: 1024 chains of NUTS on the linear regression take about a
+# minute per 100 + 100 with 2 threads on a quiet machine, and several with another process running.
+ITERATIONS = {4: 300, 1024: 50}
 SMOKE_ITERATIONS = {4: 10, 1024: 5}
 BUSY_LOOP = "while True: pass"
 
