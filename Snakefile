@@ -59,6 +59,10 @@ def print_verdict():
     )
 
 
+onstart:
+    check_device()
+
+
 onsuccess:
     print_verdict()
 

@@ -2,7 +2,8 @@
 
 import json
 import os
-import tempfile
+import secrets
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -362,7 +363,8 @@ class Posterior:
 
     def save(self, path, warmup=True):
         """Write an .npz file (no pickle), atomically: readers never see a half-written file.
-        `warmup=False` leaves out the warmup draws and statistics."""
+        It is made with the user's umask, as `open` makes files. `warmup=False` leaves out the
+        warmup draws and statistics."""
         path = Path(path)
         arrays = {"format": np.array(FORMAT), "attrs": np.array(json.dumps(self.attrs))}
         groups = {"draws": self.draws, "stats": self.stats}
@@ -371,28 +373,34 @@ class Posterior:
         for group, values in groups.items():
             for name, value in (values or {}).items():
                 arrays[f"{group}/{name}"] = value.numpy()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = new_file_beside(path)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
             os.replace(tmp, path)
         except BaseException:
-            os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
             raise
         return path
 
     @classmethod
     def load(cls, path):
-        with np.load(path, allow_pickle=False) as npz:
-            if "format" not in npz or str(npz["format"]) != FORMAT:
-                raise ValueError(f"{path} is not a bayeslib posterior file ({FORMAT}).")
-            groups = {"draws": {}, "stats": {}, "warmup": {}, "warmup_stats": {}}
-            for key in npz.files:
-                if "/" in key:
-                    group, name = key.split("/", 1)
-                    groups[group][name] = torch.from_numpy(npz[key])
-            attrs = json.loads(str(npz["attrs"]))
+        """The Posterior in a file written by `save`."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "format" not in npz or str(npz["format"]) != FORMAT:
+                    raise ValueError(f"no {FORMAT} format tag")
+                groups = {"draws": {}, "stats": {}, "warmup": {}, "warmup_stats": {}}
+                for key in npz.files:
+                    if "/" in key:
+                        group, name = key.split("/", 1)
+                        groups[group][name] = torch.from_numpy(npz[key])
+                attrs = json.loads(str(npz["attrs"]))
+        except (zipfile.BadZipFile, EOFError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"{path} is truncated or not a bayeslib posterior file ({FORMAT}: "
+                f"{type(error).__name__}: {error}); delete it and rerun what wrote it."
+            ) from error
         return cls(**groups, attrs=attrs)
 
     def to_arviz(self, model=None):
@@ -429,6 +437,19 @@ class Posterior:
         for group in idata.groups():
             idata[group].attrs.update(attrs)
         return idata
+
+
+def new_file_beside(path):
+    """An empty new file in `path`'s folder, made with the user's umask (those of
+    tempfile.mkstemp are 0600 whatever the umask, and stay so when renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _as_tensors(values, what):

@@ -154,8 +154,8 @@ def test_mlflow_holds_one_parent_run_with_a_nested_run_per_scenario_and_sampler(
     assert parent.data.tags["device"] == "cpu"
     assert parent.data.tags["version.torch"]
     assert parent.data.params["samplers.nuts.chains"] == "8"
-    assert parent.data.metrics["recovery.passed"] == 1
-    assert parent.data.metrics["recovery.failed_fits"] == 0
+    assert parent.data.metrics["verdict_passed"] == 1
+    assert parent.data.metrics["failed_fits"] == 0
     assert "recovery.best.nuts.mu_0.coverage_0.95" in parent.data.metrics
     assert 0 < parent.data.metrics["verdict.best.nuts.power"] < 1
     assert parent.data.metrics["benchmark.sample.s"] > 0
@@ -171,7 +171,7 @@ def test_mlflow_holds_one_parent_run_with_a_nested_run_per_scenario_and_sampler(
     assert child.data.params["sampler"] == "nuts"
     assert child.data.params["replicates"] == str(REPLICATES)
     assert child.data.metrics["fits"] == REPLICATES and child.data.metrics["failed_fits"] == 0
-    assert {"r_hat_max", "ess_bulk_min", "ess_tail_min", "mu_0.coverage_0.95"} <= set(
+    assert {"max_rhat", "ess_bulk_min", "ess_tail_min", "mu_0.coverage_0.95"} <= set(
         child.data.metrics
     )
     tables = {a.path for a in client.list_artifacts(child.info.run_id, "tables")}

@@ -1,6 +1,8 @@
 """Posterior: the container, its tidy table, its file and its ArviZ view."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -87,6 +89,28 @@ def test_load_rejects_other_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="not a bayeslib posterior file"):
         bl.Posterior.load(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("cut", [0, 100, -30])
+def test_load_of_a_truncated_file_names_it_and_the_fix(tmp_path, cut):
+    path = make_posterior().save(tmp_path / "posterior.npz")
+    data = path.read_bytes()
+    path.write_bytes(data[: cut % len(data)])
+    with pytest.raises(ValueError) as error:
+        bl.Posterior.load(path)
+    message = str(error.value)
+    assert str(path) in message and "is truncated or not a bayeslib posterior file" in message
+    assert "delete it and rerun" in message
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_save_makes_the_file_with_the_users_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = make_posterior().save(tmp_path / "posterior.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_to_arviz():

@@ -1,3 +1,5 @@
+import inspect
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -6,6 +8,15 @@ from snakemake.utils import validate
 
 
 validate(config, "../../config/schema.yaml", set_default=True)
+
+# The checkout's bayeslib and the scripts' checksums, as the jobs import them.
+sys.path[:0] = [workflow.basedir, str(Path(workflow.basedir, "workflow", "scripts"))]
+import checksums
+
+try:
+    import bayeslib
+except ImportError:  # snakemake outside the jobs' environment (--sdm conda): the jobs check
+    bayeslib = None
 
 SCENARIOS = {s["name"]: s for s in config["scenarios"]}
 SAMPLERS = {s["name"]: s for s in config["samplers"]}
@@ -42,9 +53,81 @@ def _check_config():
             f"the ranks 0..rank_draws fill the bins evenly (got {recovery['rank_draws']} and "
             f"{recovery['rank_bins']})"
         )
+    if bayeslib is not None:
+        _check_sampler_options()
+        _check_new_x()
+
+
+def _check_sampler_options():
+    """Options a sampler does not take, or values it refuses, fail now, not in its jobs."""
+    from bayeslib.samplers import SAMPLERS as KERNELS
+    from bayeslib.samplers import make_sampler
+
+    for sampler in config["samplers"]:
+        name, options = sampler["name"], sampler["options"]
+        accepted = list(inspect.signature(KERNELS[name]).parameters)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"config: samplers[{name}].options has {unknown}, which the {name} sampler "
+                f"does not take; its options are {accepted}: correct the name or remove it"
+            )
+        try:
+            make_sampler(name, **options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"config: samplers[{name}].options: {error}") from None
+
+
+def _check_new_x():
+    """new_x is one input row of every linear regression: as many values as its coefficients."""
+    from bayeslib.models import LinearRegression
+
+    default_beta = inspect.signature(LinearRegression.simulate).parameters["beta"]
+    for scenario in config["scenarios"]:
+        if scenario["model"] != "linear_regression":
+            continue
+        coefficients = len(scenario.get("beta", default_beta.default))
+        if len(config["new_x"]) != coefficients:
+            raise ValueError(
+                f"config: new_x has {len(config['new_x'])} values ({config['new_x']}), but "
+                f"scenarios[{scenario['name']}] has {coefficients} coefficients (beta, the first "
+                f"the intercept): give new_x {coefficients} values, the first 1.0 for the intercept"
+            )
+
+
+def check_device():
+    """device: cuda where jobs run on this machine and it has no CUDA fails before the first
+    job (the onstart handler; a cluster's jobs run on its GPU nodes instead)."""
+    if bayeslib is None or not workflow.local_exec:
+        return
+    from bayeslib.sampling import resolve_device
+
+    try:
+        resolve_device(config["device"])
+    except ValueError as error:
+        raise WorkflowError(
+            f"config: device: {error}; or run the sample jobs on GPU nodes with a cluster profile"
+        ) from None
+
+
+def _remove_changed_outputs():
+    """Outputs that no longer match the checksum written with them (truncated, or changed after
+    they were written: Snakemake sees only their times) are removed, so that this run makes
+    them, and every file made from them, again."""
+    if not workflow.is_main_process or any(Path(".snakemake/locks").glob("*")):
+        return  # a job's own process, or another run that may be writing them
+    for path in checksums.mismatched("results"):
+        print(
+            f"{path} does not match its checksum ({checksums.sidecar(path)}): removed, to be "
+            "made again",
+            file=sys.stderr,
+        )
+        path.unlink()
+        checksums.sidecar(path).unlink()
 
 
 _check_config()
+_remove_changed_outputs()
 
 
 wildcard_constraints:

@@ -83,7 +83,7 @@ def sampler_figure(post):
     return fig
 
 
-post = bl.Posterior.load(sm.input.posterior)
+post = study.load_posterior(sm.input.posterior)
 data, truth, meta = study.load_dataset(sm.input.data)
 modes = study.load_modes(sm.input.map)
 sampler = post.attrs["sampler"]

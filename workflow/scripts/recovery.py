@@ -22,7 +22,7 @@ rank_draws, max_failed_share = options["rank_draws"], options["max_failed_share"
 
 
 def read(paths):
-    return pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    return pd.concat([pd.read_csv(study.verified(path)) for path in paths], ignore_index=True)
 
 
 fits, table, ranks = read(sm.input.fits), read(sm.input.recovery), read(sm.input.ranks)

@@ -37,7 +37,7 @@ post.attrs.update(
     bayeslib_version=bl.__version__,
     torch_version=torch.__version__,
 )
-post.save(sm.output[0], warmup=False)
+study.save_posterior(sm.output[0], post)
 print(post)
 print(
     f"{post.datasets} data sets x {sampler['chains']} chains: warmup "

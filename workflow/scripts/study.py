@@ -1,10 +1,13 @@
-"""What the study's scripts share: the models by config name, seeds, data files, atomic writes."""
+"""What the study's scripts share: the models by config name, seeds, data files, atomic writes
+with checksums, and the study's identity."""
 
+import csv
 import functools
+import hashlib
+import io
 import json
 import os
 import sys
-import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 # The bayeslib of this checkout, which the study is run to check, even where another is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import checksums  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.distributions import Normal, Uniform  # noqa: E402
@@ -19,8 +23,12 @@ from torch.distributions import Normal, Uniform  # noqa: E402
 import bayeslib as bl  # noqa: E402
 from bayeslib.diagnostics import flat_names  # noqa: E402
 from bayeslib.models import Best, BestStudentT, LinearRegression  # noqa: E402
+from bayeslib.posterior import new_file_beside  # noqa: E402
 
 MODELS = {"best": Best, "best_student_t": BestStudentT, "linear_regression": LinearRegression}
+# Values that differ from run to run of the same fits (job times, rates per second): never part
+# of a study's identity (`science_digest`).
+RUN_DEPENDENT = ("time", "per_second")
 # Keys of a scenario that are arguments of its model's simulator.
 SIMULATE_KEYS = {
     "best": ("n1", "n2", "effect_size", "sigma"),
@@ -96,7 +104,7 @@ def save_modes(path, modes):
 
 def load_modes(path):
     """The `bl.MapResult` of each replicate, from a file written by `save_modes`."""
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(verified(path), allow_pickle=False) as npz:
         a = {k: torch.from_numpy(npz[k]) for k in npz.files if k != "method"}
         methods = json.loads(str(npz["method"]))
     params = {k.removeprefix("params/"): v for k, v in a.items() if k.startswith("params/")}
@@ -128,7 +136,7 @@ def save_dataset(path, data, truth, meta):
 def load_dataset(path):
     """({field: tensor}, {param: tensor}, meta) of a data file: stacked over replicates."""
     data, truth = {}, {}
-    with np.load(path, allow_pickle=False) as npz:
+    with np.load(verified(path), allow_pickle=False) as npz:
         for key in npz.files:
             group, _, name = key.partition("/")
             if group in ("data", "truth"):
@@ -137,19 +145,104 @@ def load_dataset(path):
     return data, truth, meta
 
 
+def save_posterior(path, post):
+    """The sample rule's file: the draws and statistics, without the warmup."""
+    with atomic_path(path) as tmp:
+        post.save(tmp, warmup=False)
+
+
+def load_posterior(path):
+    return bl.Posterior.load(verified(path))
+
+
+def verified(path):
+    """`path`, once its content is found to match the checksum written with it."""
+    if not checksums.matches(path):
+        raise ValueError(
+            f"{path} does not match its checksum ({checksums.sidecar(path)}): it was truncated "
+            "or changed after it was written. Run snakemake again: it removes the file and "
+            "makes it again."
+        )
+    return path
+
+
+@contextmanager
+def atomic_path(path):
+    """A new file beside `path` to write to; then it is renamed to `path` and its checksum
+    written beside it (`checksums`): no reader sees half a file, and one changed later is found.
+    Files are made with the user's umask (tempfile.mkstemp's are 0600 whatever the umask)."""
+    path = Path(path)
+    tmp, side = new_file_beside(path), new_file_beside(checksums.sidecar(path))
+    try:
+        yield tmp
+        side.write_text(checksums.line(path, checksums.digest(tmp)))
+        os.replace(tmp, path)
+        os.replace(side, checksums.sidecar(path))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic(path, mode="wb"):
-    """Write to a temporary file beside `path`, then rename: no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """`atomic_path`, opened."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def science_digest(paths):
+    """The identity of a study's results: a SHA-256 of every number and text of `paths`, less
+    the run-dependent values (`RUN_DEPENDENT`: job times), so that fits made again with the same
+    draws are the same study. Figures are left out: they are drawn from the tables hashed here
+    (and efficiency.png from the times)."""
+    sha = hashlib.sha256()
+    for path in paths:
+        sha.update(str(path).encode() + b"\0" + _science(Path(verified(path))) + b"\0")
+    return sha.hexdigest()
+
+
+def _science(path):
+    """The bytes of `path` that say what the study found."""
+    if path.suffix == ".png":
+        return b""
+    if path.suffix == ".json":
+        return _canonical(json.loads(path.read_text())).encode()
+    if path.suffix == ".csv":
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+        keep = [i for i, name in enumerate(rows[0] if rows else []) if not _run_dependent(name)]
+        return "\n".join(",".join(row[i] for i in keep) for row in rows).encode()
+    if path.suffix == ".npz":
+        sha = hashlib.sha256()
+        with np.load(path, allow_pickle=False) as npz:
+            for key in sorted(npz.files):
+                value = npz[key]
+                if value.dtype.kind == "U":  # JSON (attrs, meta) or a plain tag
+                    try:
+                        text = _canonical(json.loads(str(value)))
+                    except ValueError:
+                        text = str(value)
+                    sha.update(f"{key}\0{text}\0".encode())
+                else:
+                    sha.update(f"{key}\0{value.dtype.str}{value.shape}\0".encode())
+                    sha.update(np.ascontiguousarray(value).tobytes())
+        return sha.hexdigest().encode()
+    return path.read_bytes()
+
+
+def _canonical(value):
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if not _run_dependent(k)}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return json.dumps(strip(value), sort_keys=True)
+
+
+def _run_dependent(key):
+    return any(word in key for word in RUN_DEPENDENT)
 
 
 def write_json(path, obj):

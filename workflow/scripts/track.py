@@ -1,10 +1,14 @@
 """track: the only writer to MLflow. Logs the study as one parent run (config, git commit,
 library versions, device, the verdict and recovery tables, benchmarks) with a nested run per
 scenario and sampler (every replicate's fit in its tables); the reproduce target adds its
-verdict to that parent run.
+verdict to that parent run. Each run leads with a few short, sortable key figures (metrics
+`verdict_passed`, `max_rhat`, `min_ess`, `coverage_95`, `wall_s`, ...), carries the same
+searchable tags (`commit`, `scenario`, `sampler`, `replicate_range`, `device`, `version.*`),
+and spans the time its jobs ran, not the time it took to log them.
 
-A run is found again by the hash of the study's files (tag `bayeslib.results_hash`), so logging
-the same results twice, or retrying after a failure, leaves exactly one run."""
+A run is found again by the digest of the study's results, less job times
+(`study.science_digest`, tag `bayeslib.results_hash`), so logging the same results twice, fits
+made again with the same draws, or retrying after a failure, leave exactly one run."""
 
 import hashlib
 import json
@@ -13,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
@@ -21,6 +26,9 @@ import study  # noqa: E402
 # Fail within seconds when the tracking server is unreachable, instead of retrying for minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow prints each finished run's link with the tracking URI as given, credentials included;
+# main prints the study's link, redacted.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,16 +45,27 @@ study.log_to(sm.log[0], echo=True)
 config, target = sm.params.config, sm.wildcards.target
 HASH_TAG, ROLE_TAG, COMPLETE_TAG = "bayeslib.results_hash", "bayeslib.role", "bayeslib.complete"
 PARENT_TAG = "mlflow.parentRunId"
+# The MLflow 3 UI opens an experiment on its GenAI overview unless its kind says otherwise.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
-def results_hash(paths):
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def redact(uri):
+    """The URI as it may be shown: http://user:secret@host -> http://user:***@host (a user
+    name without a password may itself be a token: http://***@host)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def scrub(text, uri):
+    """`text` with every copy of the credentials in `uri` masked, as in `redact`."""
+    userinfo = urllib.parse.urlsplit(uri).netloc.rpartition("@")[0]
+    secret = userinfo.partition(":")[2] or userinfo
+    return text.replace(secret, "***") if secret else text
 
 
 def metric_key(*parts):
@@ -103,12 +122,14 @@ def experiment_id(client, uri):
     name = config["tracking"]["experiment"]
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if KIND_TAG not in experiment.tags:  # created before the kind was set
+            client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
         return experiment.experiment_id
     # A local store keeps artifacts inside the project, not in ./mlruns of whichever folder
     # the UI or the pipeline was started from.
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
     location = Path(config["tracking"]["artifact_location"]).resolve().as_uri() if local else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
 
 
 def find_parent(client, exp, digest):
@@ -128,6 +149,81 @@ def delete_with_children(client, exp, run_id):
     client.delete_run(run_id)
 
 
+def key_figures(fits, recovery):
+    """The figures a user sorts runs by, for any set of fits (one analysis or the study)."""
+    jobs = fits.groupby(["scenario", "sampler"]).first()  # a job's times repeat on its rows
+    values = {
+        "fits": len(fits),
+        "failed_fits": int((~fits["passed"]).sum()),
+        "max_rhat": fits["rhat"].max(),
+        "min_ess": min(fits["ess_bulk"].min(), fits["ess_tail"].min()),
+        "divergences": int(fits["divergences"].sum()),
+        "wall_s": (jobs["warmup_time"] + jobs["sampling_time"]).sum(),
+    }
+    for column in recovery.columns:
+        level = column.removeprefix("coverage_")
+        if level != column and level.replace(".", "", 1).isdigit():
+            # Averaged over the parameters: coverage_0.95 -> coverage_95.
+            values[f"coverage_{float(level) * 100:g}"] = recovery[column].mean()
+    return values
+
+
+def fits_table(fits):
+    """One row per fit, with its key figures: the study table the MLflow UI shows."""
+    return pd.DataFrame(
+        {
+            "scenario": fits["scenario"],
+            "sampler": fits["sampler"],
+            "replicate": fits["replicate"],
+            "passed": fits["passed"],
+            "max_rhat": fits["rhat"],
+            "min_ess": fits[["ess_bulk", "ess_tail"]].min(axis=1),
+            "divergences": fits["divergences"],
+            "fit_s": fits["fit_time"],
+            "reason": fits["reason"].astype("string").fillna(""),
+        }
+    )
+
+
+def run_tags(fits, commit):
+    """The tags every run carries, so that e.g. `tags.sampler = 'nuts'` finds its runs."""
+
+    def joined(column):
+        return ",".join(str(v) for v in fits[column].unique())
+
+    return {
+        "commit": commit,
+        "mlflow.source.git.commit": commit,
+        "scenario": joined("scenario"),
+        "sampler": joined("sampler"),
+        "replicate_range": f"{fits['replicate'].min()}-{fits['replicate'].max()}",
+        "device": ",".join(sorted(fits["device"].astype(str).unique())),
+        "version.bayeslib": bl.__version__,
+        "version.torch": torch.__version__,
+        "version.python": platform.python_version(),
+    }
+
+
+def ms(seconds):
+    return int(seconds * 1000)
+
+
+def analysis_times(scenario, sampler, rows):
+    """(start, end) in ms of one scenario and sampler's jobs: sampling began warmup_time +
+    sampling_time before its posterior was written; the analysis ended with its last file."""
+    sampled = os.stat(f"results/posterior/{scenario}/{sampler}.npz").st_mtime
+    start = sampled - rows["warmup_time"].iloc[0] - rows["sampling_time"].iloc[0]
+    folders = [Path(f"results/{d}/{scenario}/{sampler}") for d in ("analysis", "plots")]
+    end = max(p.stat().st_mtime for d in folders for p in d.rglob("*") if p.is_file())
+    return ms(start), ms(max(start, end))
+
+
+def study_times(children):
+    """(start, end) in ms of the study: from its first job to its last file."""
+    written = [os.stat(p).st_mtime for p in sm.input.science]
+    return min([ms(min(written))] + [start for start, _ in children]), ms(max(written))
+
+
 def log_study(client, exp, digest):
     now = int(time.time() * 1000)
     fits = pd.read_csv("results/report/fits.csv")
@@ -136,29 +232,31 @@ def log_study(client, exp, digest):
     with open("results/recovery/check.json") as f:
         check = json.load(f)
     bench = benchmarks()
-    devices = sorted(fits["device"].astype(str).unique())
-    tags = {
+    commit = git("rev-parse", "HEAD")
+    children = {
+        (scenario, sampler): analysis_times(
+            scenario, sampler, fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
+        )
+        for scenario, sampler in sm.params.analyses
+    }
+    start, end = study_times(children.values())
+    tags = run_tags(fits, commit) | {
         HASH_TAG: digest,
         ROLE_TAG: "study",
         "mlflow.runName": f"study {digest[:10]}",
-        "mlflow.source.git.commit": git("rev-parse", "HEAD"),
         "git.dirty": str(bool(git("status", "--porcelain"))).lower(),
-        "device": ",".join(devices),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
         "host": platform.node(),
-        "version.bayeslib": bl.__version__,
-        "version.torch": torch.__version__,
         "version.numpy": np.__version__,
         "version.snakemake": snakemake_package.__version__,
         "version.mlflow": mlflow.__version__,
-        "version.python": platform.python_version(),
     }
-    parent = client.create_run(exp, tags=tags).info.run_id
+    parent = client.create_run(exp, start_time=start, tags=tags).info.run_id
     params = [Param(k, v[:6000]) for k, v in flat_config(config).items()]
-    values = {
-        "recovery.passed": int(check["passed"]),
-        "recovery.failures": len(check["failures"]),
-        "recovery.failed_fits": len(check["failed_fits"]),
+    values = key_figures(fits, recovery) | {
+        "verdict_passed": int(check["passed"]),
+        "failures": len(check["failures"]),
+        "min_power": verdict["power"].min(),
     }
     for row in verdict.to_dict("records"):
         for key, value in row.items():
@@ -183,6 +281,7 @@ def log_study(client, exp, digest):
     client.log_dict(parent, config, "config.yaml")
     client.log_table(parent, verdict, "verdict_table.json")
     client.log_table(parent, recovery, "recovery_table.json")
+    client.log_table(parent, fits_table(fits), "fits_table.json")
     names = ("verdict.csv", "verdict.txt", "recovery.csv", "check.json", "ranks.csv")
     for path in ["results/recovery/" + n for n in names]:
         client.log_artifact(parent, path, "recovery")
@@ -193,19 +292,23 @@ def log_study(client, exp, digest):
     if not bench.empty:
         client.log_text(parent, bench.to_csv(index=False), "benchmarks.csv")
 
-    for scenario, sampler in sm.params.analyses:
-        log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, now)
+    for (scenario, sampler), times in children.items():
+        rows = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
+        tags = run_tags(rows, commit) | {PARENT_TAG: parent}
+        log_analysis(client, exp, tags, times, rows, verdict, bench, now)
     client.set_tag(parent, COMPLETE_TAG, "true")
-    client.set_terminated(parent)
+    client.set_terminated(parent, end_time=end)
     return parent
 
 
-def log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, now):
-    """One nested run per scenario and sampler: every replicate's fit, in its tables."""
+def log_analysis(client, exp, tags, times, rows, verdict, bench, now):
+    """One nested run per scenario and sampler (the fits in `rows`): every replicate's fit, in
+    its tables; it spans `times`, (start, end) in ms, of the sample and analyze jobs."""
+    scenario, sampler = rows["scenario"].iloc[0], rows["sampler"].iloc[0]
     name = f"{scenario}/{sampler}"
-    run = client.create_run(exp, tags={PARENT_TAG: parent, "mlflow.runName": name}).info.run_id
+    tags = tags | {"mlflow.runName": name}
+    run = client.create_run(exp, start_time=times[0], tags=tags).info.run_id
     folder = f"results/analysis/{scenario}/{sampler}"
-    rows = fits[(fits.scenario == scenario) & (fits.sampler == sampler)]
     first = rows.iloc[0].to_dict()
     recovery = pd.read_csv(f"{folder}/recovery.csv")
     scenario_config = next(s for s in config["scenarios"] if s["name"] == scenario)
@@ -213,14 +316,10 @@ def log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, n
     keys = ("chains", "superchains", "draws", "warmup", "thin", "seed", "device", "dtype")
     params.update({k: first[k] for k in keys})
     params.update({f"data.{k}": v for k, v in flat_config(scenario_config).items()})
-    values = {
-        "fits": len(rows),
-        "failed_fits": int((~rows["passed"]).sum()),
-        "r_hat_max": rows["rhat"].max(),
+    values = key_figures(rows, recovery) | {
         "ess_bulk_min": rows["ess_bulk"].min(),
         "ess_bulk_median": rows["ess_bulk"].median(),
         "ess_tail_min": rows["ess_tail"].min(),
-        "divergences": rows["divergences"].sum(),
         "warmup_time": first["warmup_time"],
         "sampling_time": first["sampling_time"],
         "restarted_chains": first["restarted_chains"],
@@ -246,10 +345,10 @@ def log_analysis(client, exp, parent, scenario, sampler, fits, verdict, bench, n
     for table in ("fits.csv", "summary.csv", "ppc.csv", "recovery.csv"):
         client.log_artifact(run, f"{folder}/{table}", "tables")
     for replicate in range(sm.params.plot_replicates):
-        client.log_artifacts(
-            run, f"results/plots/{scenario}/{sampler}/{replicate}", f"plots/{replicate}"
-        )
-    client.set_terminated(run)
+        plots = Path(f"results/plots/{scenario}/{sampler}/{replicate}")
+        for figure in sorted(plots.glob("*.png")):  # not their .sha256 files
+            client.log_artifact(run, str(figure), f"plots/{replicate}")
+    client.set_terminated(run, end_time=times[1])
 
 
 def log_reproduce(client, exp, parent):
@@ -281,7 +380,7 @@ def main():
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
-    digest = results_hash(sm.input.science)
+    digest = study.science_digest(sm.input.science)
     try:
         exp = experiment_id(client, uri)
         found = find_parent(client, exp, digest)
@@ -293,16 +392,23 @@ def main():
             logged = log_reproduce(client, exp, parent)
     except Exception as error:
         sys.exit(
-            f"track: logging to the MLflow tracking store {uri} failed: "
-            f"{type(error).__name__}: {error}\n"
+            f"track: logging to the MLflow tracking store {redact(uri)} failed: "
+            f"{type(error).__name__}: {scrub(str(error), uri)}\n"
             "The study's results are kept under results/. Make the tracking server reachable "
             "(or point MLFLOW_TRACKING_URI at one that is), then run the same snakemake command "
             "again: only the track rule runs, and the run is logged once."
         )
-    print(f"track: {'logged' if logged else 'already logged'}: run {parent} in {uri}")
+    print(f"track: {'logged' if logged else 'already logged'}: run {parent} in {redact(uri)}")
+    if uri.startswith(("http://", "https://")):
+        print(f"track: view it at {redact(uri).rstrip('/')}/#/experiments/{exp}/runs/{parent}")
     study.write_json(
         sm.output[0],
-        {"tracking_uri": uri, "experiment_id": exp, "run_id": parent, "results_hash": digest},
+        {
+            "tracking_uri": redact(uri),
+            "experiment_id": exp,
+            "run_id": parent,
+            "results_hash": digest,
+        },
     )
 
 
