@@ -49,13 +49,15 @@ def print_verdict():
     """The study's verdict table and where to look next, as the last lines of the run."""
     from pathlib import Path
 
+    from uris import redact
+
     verdict = Path(RECOVERY["text"])
     if not verdict.exists():
         return
     print("\nRecovery verdict (results/recovery/check.json):\n" + verdict.read_text())
     print(
         "Next: snakemake --report results/report.html   (the report, verdict first)\n"
-        f"      mlflow ui --backend-store-uri {config['tracking']['uri']}   (runs, http://127.0.0.1:5000)"
+        f"      mlflow ui --backend-store-uri {redact(config['tracking']['uri'])}   (runs, http://127.0.0.1:5000)"
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 import study  # noqa: E402
+from uris import redact  # noqa: E402
 
 # Fail within seconds when the tracking server is unreachable, instead of retrying for minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -47,18 +48,6 @@ HASH_TAG, ROLE_TAG, COMPLETE_TAG = "bayeslib.results_hash", "bayeslib.role", "ba
 PARENT_TAG = "mlflow.parentRunId"
 # The MLflow 3 UI opens an experiment on its GenAI overview unless its kind says otherwise.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def redact(uri):
-    """The URI as it may be shown: http://user:secret@host -> http://user:***@host (a user
-    name without a password may itself be a token: http://***@host)."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
 def scrub(text, uri):
