@@ -47,6 +47,7 @@ rule science:
 
 def print_verdict():
     """The study's verdict table and where to look next, as the last lines of the run."""
+    import json
     from pathlib import Path
 
     from uris import redact
@@ -57,8 +58,16 @@ def print_verdict():
     print("\nRecovery verdict (results/recovery/check.json):\n" + verdict.read_text())
     print(
         "Next: snakemake --report results/report.html   (the report, verdict first)\n"
-        f"      mlflow ui --backend-store-uri {redact(config['tracking']['uri'])}   (runs, http://127.0.0.1:5000)"
+        f"      mlflow ui --backend-store-uri {redact(config['tracking']['uri'])}"
     )
+    logged = Path("results/mlflow/study.logged.json")
+    if logged.exists():
+        experiment = json.loads(logged.read_text())["experiment_id"]
+        print(
+            "      then open http://127.0.0.1:5000/#/experiments/"
+            f"{experiment}?workflowType=machine_learning   (the study's runs)"
+        )
+    print("Results: results/recovery (verdict, coverage), results/analysis, results/plots")
 
 
 onstart:

@@ -46,8 +46,11 @@ study.log_to(sm.log[0], echo=True)
 config, target = sm.params.config, sm.wildcards.target
 HASH_TAG, ROLE_TAG, COMPLETE_TAG = "bayeslib.results_hash", "bayeslib.role", "bayeslib.complete"
 PARENT_TAG = "mlflow.parentRunId"
-# The MLflow 3 UI opens an experiment on its GenAI overview unless its kind says otherwise.
+# The experiment's kind: model training, not a GenAI app (see UI_MODE for the 3.17 UI).
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI takes its mode (GenAI or model training) from this URL parameter, then
+# remembers it, and ignores the kind tag while its mode switch is shown: links carry both.
+UI_MODE = "workflowType=machine_learning"
 
 
 def scrub(text, uri):
@@ -389,7 +392,8 @@ def main():
         )
     print(f"track: {'logged' if logged else 'already logged'}: run {parent} in {redact(uri)}")
     if uri.startswith(("http://", "https://")):
-        print(f"track: view it at {redact(uri).rstrip('/')}/#/experiments/{exp}/runs/{parent}")
+        link = f"{redact(uri).rstrip('/')}/#/experiments/{exp}/runs/{parent}?{UI_MODE}"
+        print(f"track: view it at {link}")
     study.write_json(
         sm.output[0],
         {
