@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -206,6 +207,11 @@ def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path
     verdict = json.loads((workdir / "results/reproduce/verdict.json").read_text())
     assert verdict["mode"] == "identical" and verdict["identical"] and verdict["passed"]
     assert verdict["numbers_compared"] > 1000 and verdict["numbers_different"] == 0
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert verdict["commit"].removesuffix("+changes") == head
+    assert f"Reproduce verdict: passed (identical; 0 of {verdict['numbers_compared']}" in output
     client, runs = mlflow_runs(workdir)
     parent = next(r for r in runs if r.data.tags.get("bayeslib.role") == "study")
     assert parent.data.metrics["reproduce.passed"] == 1

@@ -24,6 +24,25 @@ SKIPPED = ("time", "per_second")
 sm = snakemake  # noqa: F821
 study.log_to(sm.log[0])
 root = Path("results/reproduce/run")
+checkout = Path(sm.params.snakefile).resolve().parent
+
+
+def say(text):
+    """A line for the terminal (the rule's log holds the rerun's own output) and the log."""
+    print(text, file=sys.__stderr__, flush=True)
+    print(text, flush=True)
+
+
+def commit():
+    """The checkout's commit (with "+changes" where its tracked files differ from it)."""
+
+    def git(*args):
+        done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD")
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}+changes" if head and changed else head or "unknown"
 
 
 def rerun():
@@ -136,6 +155,11 @@ def compare_monte_carlo(paths):
 
 
 started = time.time()
+tested = commit()
+say(
+    f"compare: running the study again from clean in {root} at commit {tested[:12]} "
+    f"(its output: {sm.log[0]}); this takes as long as the study"
+)
 rerun()
 stored, again = attrs("."), attrs(root)
 same_platform = stored == again
@@ -151,8 +175,16 @@ verdict = {
     "max_abs_difference": max((d["max_abs_difference"] for d in differences), default=0.0),
     "differences": differences[:50],
     "platform": {"stored": stored, "reproduced": again},
+    "commit": tested,
     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "wall_time": time.time() - started,
 }
 study.write_json(sm.output[0], verdict)
 print(json.dumps({k: v for k, v in verdict.items() if k != "differences"}, indent=2))
+how = "identical" if verdict["identical"] else f"{verdict['mode']} comparison"
+say(
+    f"\nReproduce verdict: {'passed' if verdict['passed'] else 'FAILED'} ({how}; "
+    f"{verdict['numbers_different']} of {verdict['numbers_compared']} numbers differ, at most "
+    f"{verdict['max_abs_difference']:.3g}) at commit {tested[:12]}, in "
+    f"{verdict['wall_time']:.0f} s: {sm.output[0]}"
+)
