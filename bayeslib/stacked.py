@@ -23,7 +23,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .model import Model, ModelError
-from .model.density import _validation
+from .model.density import _validation, value_and_grad
 
 # What a built model holds besides the attributes its own __init__ set (its data among them).
 _BUILT = {
@@ -138,11 +138,7 @@ class Stacked:
             return fn(z)
 
     def logdensity_and_grad(self, z, jacobian=True):
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            lp = self.logdensity(z, jacobian)
-            (grad,) = torch.autograd.grad(lp.sum(), z)
-        return lp.detach(), grad
+        return value_and_grad(lambda x: self.logdensity(x, jacobian), z)
 
     def constrain(self, z):
         """``[datasets * n, dim]`` -> {name: ``[datasets * n, *shape]``}."""

@@ -99,11 +99,7 @@ class Model(metaclass=ModelMeta):
 
     def logdensity_and_grad(self, z, jacobian=True):
         """(`[chains]` log density, `[chains, dim]` gradient) at unconstrained `z`."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            lp = self.logdensity(z, jacobian)
-            (grad,) = torch.autograd.grad(lp.sum(), z)
-        return lp.detach(), grad
+        return density.value_and_grad(lambda x: self.logdensity(x, jacobian), z)
 
     def log_likelihood(self, z):
         """Pointwise log-likelihood at `z: [chains, dim]`: {field: `[chains, *data_shape]`}

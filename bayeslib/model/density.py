@@ -273,3 +273,13 @@ def check_batch(model):
             f"{tuple(lp.shape)}, not (3,); with batched = True, index parameters with "
             "'...' so that each term keeps the chain dimension first."
         )
+
+
+def value_and_grad(logdensity, z):
+    """(`logdensity(z)` `[chains]`, its gradient `[chains, dim]`), both detached: chains are
+    independent, so the gradient of the sum is each chain's own."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        lp = logdensity(z)
+        (grad,) = torch.autograd.grad(lp.sum(), z)
+    return lp.detach(), grad
