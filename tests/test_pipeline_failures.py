@@ -222,7 +222,9 @@ def science_tables(workdir):
         pytest.param(
             {"device": "cuda"},
             "config: device: device='cuda' was asked for, but CUDA is not available",
-            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA; this one has it"),
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="checks the error on a machine without CUDA"
+            ),
         ),
     ],
 )  # fmt: skip
