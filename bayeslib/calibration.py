@@ -172,7 +172,8 @@ def fit_checks(
     one point; default: every chain its own) when that gives K >= 2 superchains of M >= 2
     chains, otherwise rank-normalised split R-hat. Returns one row per data set: ``dataset``,
     ``rhat`` (largest over the parameter elements), ``rhat_kind`` ("nested" or "split"),
-    ``ess_bulk`` and ``ess_tail`` (smallest, over the data set's chains), ``divergences``,
+    ``ess_bulk``, ``ess_tail`` and ``ess_squares`` (smallest over the parameter elements, of the
+    data set's chains; ``ess_squares`` is reported, not checked), ``divergences``,
     ``divergence_share`` (of the data set's draws), ``passed`` and ``reason`` ("" when passed,
     else what failed, joined by "; "). An undefined (NaN) diagnostic fails."""
     datasets = _datasets(post)
@@ -185,6 +186,7 @@ def fit_checks(
     rhat_value, rhat_at = _worst(*_per_element(rhat, post, datasets), largest=True)
     bulk, bulk_at = _worst(*_per_element(diagnostics.ess_bulk, post, datasets), largest=False)
     tail, tail_at = _worst(*_per_element(diagnostics.ess_tail, post, datasets), largest=False)
+    squares, _ = _worst(*_per_element(diagnostics.ess_squares, post, datasets), largest=False)
     if "diverging" in post.stats:
         divergences = _by_dataset(post.stats["diverging"], datasets).sum(axis=(1, 2))
     else:
@@ -216,6 +218,7 @@ def fit_checks(
             "rhat_kind": kind,
             "ess_bulk": bulk,
             "ess_tail": tail,
+            "ess_squares": squares,
             "divergences": divergences.astype(np.int64),
             "divergence_share": share,
             "passed": [not reason for reason in reasons],

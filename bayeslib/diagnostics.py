@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "ess_bulk",
     "ess_mean",
+    "ess_squares",
     "ess_tail",
     "eti",
     "flat_names",
@@ -187,6 +188,11 @@ def _ess_mean(a: np.ndarray) -> np.ndarray:
     return _ess(_split_chains(a))
 
 
+def _ess_squares(a: np.ndarray) -> np.ndarray:
+    flat = a.reshape(a.shape[0], -1)
+    return _ess_mean(((flat - flat.mean(axis=1, keepdims=True)) ** 2).reshape(a.shape))
+
+
 def _mcse_mean(a: np.ndarray) -> np.ndarray:
     sd = a.reshape(a.shape[0], -1).std(axis=1, ddof=1)
     return sd / np.sqrt(_ess_mean(a))
@@ -268,6 +274,13 @@ def ess_tail(x):
 def ess_mean(x):
     """Effective sample size of the posterior mean (split chains, no rank normalisation)."""
     return _apply(_ess_mean, x, min_chains=1)
+
+
+def ess_squares(x):
+    """ESS of the centred squares (x - mean)^2: how well the draws estimate the variance.
+    Antithetic samplers (static HMC) can have a bulk ESS above the number of draws and a
+    much smaller ESS here; a sampler is as good as the smallest of bulk, tail and this."""
+    return _apply(_ess_squares, x, min_chains=1)
 
 
 def mcse_mean(x):

@@ -87,57 +87,126 @@ def _chain_legend(ax, chains):
         ax.text(0.02, 0.95, f"{chains} chains", transform=ax.transAxes, va="top", fontsize=8)
 
 
+def _chain_groups(chains):
+    """Consecutive chains pooled into at most MAX_LEGEND_CHAINS groups, and their labels."""
+    groups = np.array_split(np.arange(chains), min(chains, MAX_LEGEND_CHAINS))
+    labels = [f"chain {g[0]}" if len(g) == 1 else f"chains {g[0]}-{g[-1]}" for g in groups]
+    return groups, labels
+
+
+# Two-sided 99% normal quantile.
+_Z99 = 2.576
+
+
+def _rank_band(x, group_size, bins):
+    """Where 99% of a chain group's draws per bin per chain fall when every chain samples the
+    same distribution, given the parameter's bulk ESS (autocorrelated draws spread wider)."""
+    chains, n = x.shape
+    ess_per_chain = min(float(diagnostics.ess_bulk(x)), chains * n) / chains
+    share = 1.0 / bins
+    half = _Z99 * n * math.sqrt(share * (1 - share) / (group_size * ess_per_chain))
+    return n * share - half, n * share + half
+
+
 def plot_rank(post, names=None, bins=20):
-    """Per flat parameter: a histogram of each chain's ranks among all draws. Chains that
-    sample the same distribution give flat histograms, near the dashed uniform line."""
+    """Per flat parameter: a histogram of the ranks of each chain's draws among all draws,
+    as draws per bin per chain. Chains that sample the same distribution stay inside the grey
+    band, where 99% of the counts fall at the parameter's bulk ESS. Past MAX_LEGEND_CHAINS
+    chains, consecutive chains are pooled into that many groups: a stuck chain still lifts
+    its group's bins by its share."""
     flat = _flat_draws(post, names)
     rows, cols = _grid(len(flat))
-    fig, axes = _figure(rows, cols)
+    fig, axes = _figure(rows, cols, height=2.8)
+    chains, n = flat[0][1].shape
+    groups, labels = _chain_groups(chains)
+    smallest = min(len(g) for g in groups)  # the widest band
+    edges = np.linspace(0, chains * n, bins + 1)
     for (label, x), ax in zip(flat, axes.flat, strict=False):
-        chains, n = x.shape
         ranks = np.argsort(np.argsort(x.ravel(), kind="stable")).reshape(chains, n)
-        edges = np.linspace(0, chains * n, bins + 1)
-        for chain in range(chains):
-            ax.hist(ranks[chain], bins=edges, histtype="step", label=f"chain {chain}")
-        ax.axhline(n / bins, color="gray", linestyle="--")
-        ax.set(title=label, xlabel="rank of draw among all chains", ylabel="draws per bin")
-    _chain_legend(axes.flat[0], len(flat[0][1]))
+        low, high = _rank_band(x, smallest, bins)
+        ax.axhspan(low, high, color="0.85", label="99% band at the bulk ESS")
+        for group, group_label in zip(groups, labels, strict=True):
+            counts, _ = np.histogram(ranks[group], bins=edges)
+            ax.stairs(counts / len(group), edges, baseline=None, label=group_label)
+        ax.set(
+            title=label,
+            xlabel="rank among all draws",
+            ylabel="draws per bin per chain",
+            ylim=(0, None),
+        )
+    handles, names_ = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="outside lower center", ncols=min(len(handles), 5))
     _hide_unused(axes, len(flat))
     return fig
 
 
 def _interval_bar(ax, low, high, mean, prob, kind):
-    """The interval as a thick bar under the histogram, its ends written beside it."""
+    """The interval as a thick bar in a strip under the histogram (its ends in the legend),
+    and the mean as a dotted line."""
     top = ax.get_ylim()[1]
-    ax.hlines(0.04 * top, low, high, color=INTERVAL_COLOR, linewidth=5, label=f"{prob:.0%} {kind}")
-    for end, align in ((low, "right"), (high, "left")):
-        ax.text(end, 0.09 * top, f"{end:.3f}", ha=align, fontsize="small", weight="bold")
-    ax.axvline(mean, color=INTERVAL_COLOR, linestyle=":", label=f"mean {mean:.3f}")
+    ax.set_ylim(-0.12 * top, top)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    label = f"{prob:.0%} {kind} [{low:.3g}, {high:.3g}]"
+    ax.hlines(-0.06 * top, low, high, color=INTERVAL_COLOR, linewidth=5, label=label)
+    ax.axvline(mean, color=INTERVAL_COLOR, linestyle=":", label=f"mean {mean:.3g}")
 
 
-def plot_posterior(draws, names=None, prob=0.95, kind="hdi"):
+def _truth_line(ax, value, label):
+    ax.axvline(value, color=TRUTH_COLOR, linewidth=2, label=f"{label} {value:.3g}")
+
+
+def _legend_below(ax):
+    """The legend under the x axis label, clear of the data whatever the panel's height."""
+    from matplotlib.transforms import ScaledTranslation
+
+    below_label = ax.transAxes + ScaledTranslation(0, -0.45, ax.figure.dpi_scale_trans)
+    ax.legend(
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0),
+        bbox_transform=below_label,
+        ncols=2,
+    )
+
+
+def plot_posterior(draws, names=None, prob=0.95, kind="hdi", truth=None, truth_label="true value"):
     """Per flat parameter: the histogram of its draws, its mean and its `prob` credible
     interval ('hdi' or 'eti'). `draws`: a Posterior, or a dict {name: [chains, draws, ...]}
-    such as posterior predictive draws."""
+    such as posterior predictive draws; `truth`: {name: known value}, drawn as a red line
+    named `truth_label`."""
     interval = {"hdi": diagnostics.hdi, "eti": diagnostics.eti}[kind]
     flat = _flat_draws(draws, names)
+    known = _flat_truth(truth)
     rows, cols = _grid(len(flat))
-    fig, axes = _figure(rows, cols)
+    fig, axes = _figure(rows, cols, height=3.2)
     for (label, x), ax in zip(flat, axes.flat, strict=False):
         low, high = interval(x, prob)
         ax.hist(x.ravel(), bins=40, density=True, color="steelblue", alpha=0.7)
         _interval_bar(ax, low, high, x.mean(), prob, kind.upper())
+        if label in known:
+            _truth_line(ax, known[label], truth_label)
         ax.set(title=label, xlabel=label, ylabel="posterior density")
-        ax.legend(fontsize="small")
+        _legend_below(ax)
     _hide_unused(axes, len(flat))
     return fig
 
 
-def plot_difference(post, quantity, reference=0.0, prob=0.95, label=None):
+def _flat_truth(truth):
+    """{flat name: value} of {name: known value}."""
+    out = {}
+    for name, value in (truth or {}).items():
+        value = _numpy(value)
+        labels = diagnostics.flat_names(name, value.shape)
+        out.update(zip(labels, value.ravel().tolist(), strict=True))
+    return out
+
+
+def plot_difference(post, quantity, reference=0.0, prob=0.95, label=None, truth=None):
     """The seed's figure for a difference (e.g. of group means): its histogram, the
     probability that it is below `reference` with its MCSE, and its `prob` equal-tailed
     interval. `quantity`: a parameter name or a function of `p` as in `Posterior.derive`;
-    `label`: its name on the figure (by default the parameter's name, or "difference")."""
+    `label`: its name on the figure (by default the parameter's name, or "difference");
+    `truth`: its known value, drawn as a red line."""
     if isinstance(quantity, str):
         name = quantity
         label = label or name
@@ -151,17 +220,19 @@ def plot_difference(post, quantity, reference=0.0, prob=0.95, label=None):
         raise ValueError(f"plot_difference needs a scalar quantity, got draws shaped {x.shape}")
     below = post.prob(lambda p: quantity(p) < reference)
     low, high = diagnostics.eti(x, prob)
-    fig, axes = _figure(1, 1, width=6.5, height=4.0)
+    fig, axes = _figure(1, 1, width=6.5, height=4.4)
     ax = axes[0, 0]
     ax.hist(x.ravel(), bins=40, color="steelblue", alpha=0.7)
-    ax.axvline(reference, color="gray", linestyle="--")
+    ax.axvline(reference, color="gray", linestyle="--", label=f"reference {reference:g}")
     _interval_bar(ax, low, high, x.mean(), prob, "interval")
+    if truth is not None:
+        _truth_line(ax, float(truth), "true value")
     ax.set(
         title=f"P({label} < {reference:g}) = {below.value:.3f} (MCSE {below.mcse:.3f})",
         xlabel=label,
         ylabel="draws",
     )
-    ax.legend(fontsize="small", loc="upper right")
+    _legend_below(ax)
     return fig
 
 
@@ -178,16 +249,8 @@ def plot_forest(post, names=None, prob=0.95, truth=None):
     ax = axes[0, 0]
     ax.hlines(rows, intervals[:, 0], intervals[:, 1], color="steelblue", linewidth=3)
     ax.plot(means, rows, "o", color="steelblue", label=f"mean and {prob:.0%} interval")
-    known = []
-    if truth:
-        row_of = dict(zip(labels, rows, strict=True))
-        for name, value in truth.items():
-            value = _numpy(value)
-            for label, v in zip(
-                diagnostics.flat_names(name, value.shape), value.ravel(), strict=True
-            ):
-                if label in row_of:
-                    known.append((v, row_of[label]))
+    row_of = dict(zip(labels, rows, strict=True))
+    known = [(v, row_of[label]) for label, v in _flat_truth(truth).items() if label in row_of]
     if known:
         values, positions = zip(*known, strict=True)
         ax.plot(

@@ -223,7 +223,7 @@ def test_fit_checks_pass_healthy_chains_and_match_per_data_set_diagnostics():
     draws, attrs = _posterior(attrs={"superchains": K})
     checks = cal.fit_checks(bl.Posterior(draws, attrs=attrs))
     assert list(checks.columns) == [
-        "dataset", "rhat", "rhat_kind", "ess_bulk", "ess_tail",
+        "dataset", "rhat", "rhat_kind", "ess_bulk", "ess_tail", "ess_squares",
         "divergences", "divergence_share", "passed", "reason",
     ]  # fmt: skip
     assert checks["passed"].all() and (checks["reason"] == "").all()
@@ -233,9 +233,11 @@ def test_fit_checks_pass_healthy_chains_and_match_per_data_set_diagnostics():
         rhat = max(np.max(dg.rhat_nested(x, K)) for x in mine.values())
         bulk = min(np.min(dg.ess_bulk(x)) for x in mine.values())
         tail = min(np.min(dg.ess_tail(x)) for x in mine.values())
+        squares = min(np.min(dg.ess_squares(x)) for x in mine.values())
         assert checks.loc[r, "rhat"] == pytest.approx(rhat, rel=1e-12)
         assert checks.loc[r, "ess_bulk"] == pytest.approx(bulk, rel=1e-12)
         assert checks.loc[r, "ess_tail"] == pytest.approx(tail, rel=1e-12)
+        assert checks.loc[r, "ess_squares"] == pytest.approx(squares, rel=1e-12)
 
 
 def test_fit_checks_fail_a_stuck_chain_on_nested_rhat():

@@ -48,6 +48,7 @@ DIAGNOSTICS = {
     "ess_bulk": (dg.ess_bulk, lambda x: az.ess(x, method="bulk")),
     "ess_tail": (dg.ess_tail, lambda x: az.ess(x, method="tail")),
     "ess_mean": (dg.ess_mean, lambda x: az.ess(x, method="mean")),
+    "ess_squares": (dg.ess_squares, lambda x: az.ess((x - np.mean(x)) ** 2, method="mean")),
     "mcse_mean": (dg.mcse_mean, lambda x: az.mcse(x, method="mean")),
     "mcse_sd": (dg.mcse_sd, lambda x: az.mcse(x, method="sd")),
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from browser import chromium, wait_for
 from filelock import FileLock
 from snakemake_cli import ROOT, run_snakemake
 
@@ -191,13 +192,34 @@ def test_second_invocation_does_nothing_and_tracking_never_duplicates(study, tmp
     assert len(runs) == 1 + len(ANALYSES)
 
 
-def test_report_is_one_self_contained_html_file(study, tmp_path):
+def test_report_leads_with_the_verdict_and_shows_its_tables_in_the_page(study, tmp_path):
+    """The report in a real browser: its first page leads with the verdict table, beside (not
+    under) the workflow graph, and a table result opens in the page."""
+    from selenium.webdriver.common.by import By
+
     study = copy_of(study, tmp_path)
     code, output = snakemake(study, "--report", "results/report.html")
     assert code == 0, output
-    html = (study / "results/report.html").read_text()
-    assert html.lstrip().lower().startswith("<!doctype html")
-    assert "data:image/png;base64" in html or "base64" in html
+    report = study / "results/report.html"
+    assert report.read_text().lstrip().lower().startswith("<!doctype html")
+    with chromium() as page:
+        page.get(report.as_uri())
+        heading = wait_for(page, lambda d: d.find_element(By.CSS_SELECTOR, ".prose h1"))
+        assert heading.text == "Recovery verdict: passed"
+        rows = [
+            r.text.split() for r in page.find_elements(By.CSS_SELECTOR, "table.verdict tbody tr")
+        ]
+        assert [r[:2] for r in rows] == [[f"{s}/{m}", "passed"] for s, m in ANALYSES]
+        graph = wait_for(page, lambda d: d.find_element(By.CSS_SELECTOR, "#rulegraph canvas"))
+        table = page.find_element(By.CSS_SELECTOR, "table.verdict").rect
+        assert table["x"] + table["width"] <= graph.rect["x"]
+
+        page.find_element(By.XPATH, "//*[normalize-space(text())='recovery']").click()
+        row = wait_for(page, lambda d: d.find_element(By.XPATH, "//td[.='verdict']/.."))
+        row.find_element(By.CSS_SELECTOR, "a[iconname='eye']").click()
+        page.switch_to.frame(wait_for(page, lambda d: d.find_element(By.TAG_NAME, "iframe")))
+        samplers = page.find_elements(By.CSS_SELECTOR, "tbody td:nth-child(2)")
+        assert [cell.text for cell in samplers] == [sampler for _, sampler in ANALYSES]
 
 
 def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path):

@@ -51,7 +51,34 @@ def test_posterior_marks_the_interval(run, tmp_path):
     low, high = post.interval("sigma", prob=0.9, kind="hdi")[1]
     bar = axes[3].collections[0].get_segments()[0]
     np.testing.assert_allclose(bar[:, 0], [low, high])
-    assert "90% HDI" in [t.get_text() for t in axes[3].get_legend().get_texts()]
+    legend = [t.get_text() for t in axes[3].get_legend().get_texts()]
+    assert f"90% HDI [{low:.3g}, {high:.3g}]" in legend
+
+
+def test_posterior_and_difference_draw_the_truth(run, tmp_path):
+    _, truth, post = run
+    axes = check(plots.plot_posterior(post, truth=truth), tmp_path / "posterior.png")
+    for ax, value in zip(axes, [0.3, 0.0, 1.0, 1.0], strict=True):
+        (line,) = [line for line in ax.get_lines() if line.get_label().startswith("true value")]
+        assert line.get_xdata()[0] == pytest.approx(value)
+    fig = plots.plot_difference(post, lambda p: p.mu[..., 1] - p.mu[..., 0], truth=-0.3)
+    (ax,) = check(fig, tmp_path / "difference.png")
+    assert "true value -0.3" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_rank_plot_pools_many_chains_and_shows_a_stuck_one(tmp_path):
+    """64 chains are drawn as 8 groups of 8; a stuck chain lifts its group out of the band."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 400))
+    x[13] = 2.5  # chain 13 stuck far in the upper tail
+    (ax,) = check(plots.plot_rank({"x": x}, bins=10), tmp_path / "rank.png")
+    legend = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    assert legend[1:] == [f"chains {g}-{g + 7}" for g in range(0, 64, 8)]
+    (band,) = ax.patches[:1]
+    top = band.get_y() + band.get_height()
+    heights = [max(step.get_data().values) for step in ax.patches[1:]]
+    assert heights[1] > top  # chains 8-15, with the stuck chain
+    assert max(heights[:1] + heights[2:]) < top
 
 
 def test_posterior_of_predictive_draws(run, tmp_path):
@@ -69,8 +96,8 @@ def test_difference_shows_the_probability_and_interval(run, tmp_path):
     below = post.prob(lambda p: diff(p) < 0)
     assert ax.get_title() == f"P(mu2 - mu1 < 0) = {below.value:.3f} (MCSE {below.mcse:.3f})"
     low, high = post.interval(diff)
-    texts = [t.get_text() for t in ax.texts]
-    assert f"{low:.3f}" in texts and f"{high:.3f}" in texts
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"95% interval [{low:.3g}, {high:.3g}]" in legend
     named = plots.plot_difference(post.derive(d=diff), "d")
     assert named.axes[0].get_title() == ax.get_title().replace("mu2 - mu1", "d")
     relabelled = plots.plot_difference(post.derive(d=diff), "d", label="mu2 - mu1")

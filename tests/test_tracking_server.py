@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
+from browser import chromium, wait_for
 from snakemake_cli import ROOT, run_snakemake
 
 pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
@@ -230,3 +231,26 @@ def test_runs_span_the_jobs_that_made_them(study):
         assert parent.start_time <= start and end <= parent.end_time
     analyzed = (study.workdir / "results/analysis/best/nuts/fits.csv").stat().st_mtime
     assert child.info.end_time >= int(analyzed * 1000)
+
+
+def test_the_experiment_page_shows_the_study_and_its_fits_in_a_browser(study):
+    """The link the run prints, opened in Chromium: the study's run with its source and real
+    duration, and, expanded, one nested run per scenario and sampler."""
+    from selenium.webdriver.common.by import By
+
+    _, experiment, runs = study_runs(study.uri)
+    parent = next(r for r in runs if r.data.tags.get("bayeslib.role") == "study")
+    children = sorted(r.info.run_name for r in runs if r is not parent)
+    with chromium() as page:
+        page.get(
+            f"{study.uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+        )
+        name = wait_for(
+            page, lambda d: d.find_element(By.XPATH, f"//*[text()='{parent.info.run_name}']")
+        )
+        name.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
+        wait_for(page, lambda d: d.find_element(By.XPATH, f"//*[text()='{children[0]}']"))
+        cells = [row.text.split("\n") for row in page.find_elements(By.CSS_SELECTOR, "[row-id]")]
+        shown = sorted(cell for row in cells for cell in row if cell in children)
+        assert shown == children
+        assert sum("Snakefile" in row for row in cells) == len(runs)  # the Source column

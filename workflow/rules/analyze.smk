@@ -4,8 +4,9 @@ rule analyze:
         data="results/data/{scenario}.npz",
         map="results/map/{scenario}.npz",
     output:
-        summary=report(
-            "results/analysis/{scenario}/{sampler}/summary.csv",
+        summary="results/analysis/{scenario}/{sampler}/summary.csv",
+        summary_html=report(
+            "results/analysis/{scenario}/{sampler}/summary.html",
             caption="../report/summary.rst",
             category="{scenario}",
             subcategory="{sampler}",

@@ -4,14 +4,16 @@ rule recovery:
         recovery=analysis_files("recovery.csv"),
         ranks=analysis_files("ranks.csv"),
     output:
-        table=report(
-            RECOVERY["table"],
+        table=RECOVERY["table"],
+        table_html=report(
+            RECOVERY["table_html"],
             caption="../report/recovery.rst",
             category="recovery",
             labels={"table": "coverage, bias, RMSE and rank uniformity"},
         ),
-        verdict=report(
-            RECOVERY["verdict"],
+        verdict=RECOVERY["verdict"],
+        verdict_html=report(
+            RECOVERY["verdict_html"],
             caption="../report/verdict.rst",
             category="recovery",
             labels={"table": "verdict"},

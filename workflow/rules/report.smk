@@ -2,8 +2,9 @@ rule report:
     input:
         fits=analysis_files("fits.csv"),
     output:
-        fits=report(
-            REPORT["fits"],
+        fits=REPORT["fits"],
+        fits_html=report(
+            REPORT["fits_html"],
             caption="../report/fits.rst",
             category="study",
             labels={"table": "every fit"},

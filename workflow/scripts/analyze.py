@@ -47,10 +47,13 @@ def difference_answers(post):
     )
 
 
+def new_x():
+    return torch.tensor([sm.params.new_x], dtype=torch.float64)
+
+
 def prediction(model, post, seed):
     """Posterior predictive draws of y at the config's new input `new_x`."""
-    x = torch.tensor([sm.params.new_x], dtype=torch.float64)
-    return posterior_predictive(model, post, seed=seed, X=x)["y"][..., 0]
+    return posterior_predictive(model, post, seed=seed, X=new_x())["y"][..., 0]
 
 
 def figures(model, post, truth, seed):
@@ -58,16 +61,22 @@ def figures(model, post, truth, seed):
     out = {
         "trace": plots.plot_trace(post),
         "rank": plots.plot_rank(post),
-        "posterior": plots.plot_posterior(post, prob=prob),
+        "posterior": plots.plot_posterior(post, prob=prob, truth=truth),
         "forest": plots.plot_forest(post, prob=prob, truth=truth),
         "ppc": plots.plot_ppc(model, post, seed=seed, thin=thin),
         "sampler": sampler_figure(post),
     }
     if is_regression:
         y = prediction(model, post, seed)
-        out["question"] = plots.plot_posterior({"y_new": y}, prob=prob, kind="eti")
+        # y at new_x is noisy: the line is its true mean, x . beta
+        mean = {"y_new": new_x()[0] @ truth["beta"].double()}
+        out["question"] = plots.plot_posterior(
+            {"y_new": y}, prob=prob, kind="eti", truth=mean, truth_label="true mean"
+        )
     else:
-        out["question"] = plots.plot_difference(post, difference, prob=prob, label="mu2 - mu1")
+        out["question"] = plots.plot_difference(
+            post, difference, prob=prob, label="mu2 - mu1", truth=truth["mu"][1] - truth["mu"][0]
+        )
     return out
 
 
@@ -163,6 +172,9 @@ for replicate in range(sm.params.plot_replicates):
         study.save_figure(target, fig)
 
 study.write_csv(sm.output.summary, summary, index=False)
+study.write_html_table(
+    sm.output.summary_html, summary, f"Posterior summary: {scenario['name']}/{sampler}"
+)
 study.write_csv(sm.output.fits, fits, index=False)
 study.write_csv(sm.output.ppc, pd.concat(checks_ppc) if checks_ppc else pd.DataFrame(), index=False)
 study.write_csv(sm.output.recovery, recovery, index=False)

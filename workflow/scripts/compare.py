@@ -18,8 +18,6 @@ import yaml  # noqa: E402
 
 # Posterior means from different devices must agree within this many combined MCSEs.
 MCSE_TOLERANCE = 5.0
-# Run-dependent values, never compared.
-SKIPPED = ("time", "per_second")
 
 sm = snakemake  # noqa: F821
 study.log_to(sm.log[0])
@@ -63,10 +61,6 @@ def rerun():
         sys.exit(f"compare: the study failed to run again in {root} (see {sm.log[0]})")
 
 
-def skipped(key):
-    return any(word in key for word in SKIPPED)
-
-
 def leaves(value, prefix):
     """{key: number} of the numeric leaves of parsed JSON."""
     if isinstance(value, dict):
@@ -79,7 +73,7 @@ def leaves(value, prefix):
         for i, item in enumerate(value):
             out.update(leaves(item, f"{prefix}[{i}]"))
         return out
-    if isinstance(value, bool | int | float) and not skipped(prefix):
+    if isinstance(value, bool | int | float) and not study.run_dependent(prefix):
         return {prefix: np.array([float(value)])}
     return {}
 
@@ -91,7 +85,9 @@ def numbers(path):
         return leaves(json.loads(path.read_text()), "")
     if path.suffix == ".csv":
         table = pd.read_csv(path).select_dtypes(include=["number", "bool"])
-        return {c: table[c].to_numpy(np.float64) for c in table.columns if not skipped(c)}
+        return {
+            c: table[c].to_numpy(np.float64) for c in table.columns if not study.run_dependent(c)
+        }
     if path.suffix == ".npz":
         out = {}
         with np.load(path, allow_pickle=False) as npz:
@@ -102,7 +98,7 @@ def numbers(path):
                         out.update(leaves(json.loads(str(value)), key))
                     except ValueError:  # a plain string, such as the format tag
                         continue
-                elif not skipped(key):
+                elif not study.run_dependent(key):
                     out[key] = value.astype(np.float64).ravel()
         return out
     return {}

@@ -102,7 +102,7 @@ def coverage_figure():
         span = max(0.05, (high - level).abs().max() * 1.5)
         ax.set(title=f"{level:.0%} intervals", xlabel="coverage", xlim=(level - span, level + span))
     axes[0].set_yticks(y, labels)
-    axes[0].legend(fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return fig
 
 
@@ -120,12 +120,15 @@ def rank_figure():
                 continue
             p_value, counts = calibration.uniformity_test(rows["rank"], rank_draws, bins)
             low, high = calibration.binomial_band(len(rows), 1 / bins, alpha)
-            ax.axhspan(low, high, color="lightgray")
-            ax.bar(np.arange(bins), counts, color="steelblue")
+            ax.axhspan(low, high, color="lightgray", label=f"{1 - alpha:.1%} band if uniform")
+            ax.bar(np.arange(bins), counts, color="steelblue", label="replicates per bin")
             ax.set_title(f"{scenario}/{sampler}: {parameter}\np = {p_value:.2f}", fontsize=9)
             ax.set(xlabel="rank bin of the truth", ylabel="replicates", xticks=range(bins))
         for ax in row[group["parameter"].nunique() :]:
             ax.set_axis_off()
+    handles = [h for ax in axes.flat for h in [ax.get_legend_handles_labels()] if h[0]]
+    if handles:
+        fig.legend(*handles[0], loc="outside lower center", ncols=2)
     return fig
 
 
@@ -159,6 +162,8 @@ check = {
 study.write_csv(sm.output.ranks, ranks, index=False)
 study.write_csv(sm.output.table, table, index=False)
 study.write_csv(sm.output.verdict, verdict, index=False)
+study.write_html_table(sm.output.table_html, table, "Recovery of the truths")
+study.write_html_table(sm.output.verdict_html, verdict, "Recovery verdict")
 study.save_figure(sm.output.coverage_plot, coverage_figure())
 study.save_figure(sm.output.rank_plot, rank_figure())
 study.write_json(sm.output.check, check)

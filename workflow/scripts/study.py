@@ -4,6 +4,7 @@ with checksums, and the study's identity."""
 import csv
 import functools
 import hashlib
+import html
 import io
 import json
 import os
@@ -204,13 +205,13 @@ def science_digest(paths):
 
 def _science(path):
     """The bytes of `path` that say what the study found."""
-    if path.suffix == ".png":
+    if path.suffix in (".png", ".html"):  # drawn from the tables hashed here
         return b""
     if path.suffix == ".json":
         return _canonical(json.loads(path.read_text())).encode()
     if path.suffix == ".csv":
         rows = list(csv.reader(io.StringIO(path.read_text())))
-        keep = [i for i, name in enumerate(rows[0] if rows else []) if not _run_dependent(name)]
+        keep = [i for i, name in enumerate(rows[0] if rows else []) if not run_dependent(name)]
         return "\n".join(",".join(row[i] for i in keep) for row in rows).encode()
     if path.suffix == ".npz":
         sha = hashlib.sha256()
@@ -233,7 +234,7 @@ def _science(path):
 def _canonical(value):
     def strip(v):
         if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if not _run_dependent(k)}
+            return {k: strip(x) for k, x in v.items() if not run_dependent(k)}
         if isinstance(v, list):
             return [strip(x) for x in v]
         return v
@@ -241,7 +242,8 @@ def _canonical(value):
     return json.dumps(strip(value), sort_keys=True)
 
 
-def _run_dependent(key):
+def run_dependent(key):
+    """Whether `key` names a value that differs between runs of the same fits."""
     return any(word in key for word in RUN_DEPENDENT)
 
 
@@ -254,6 +256,32 @@ def write_json(path, obj):
 def write_csv(path, frame, index=True):
     with atomic(path, "w") as f:
         frame.to_csv(f, index=index)
+
+
+TABLE_STYLE = (
+    "body{font:13px system-ui,sans-serif;margin:12px;color:#222}"
+    "table{border-collapse:collapse}"
+    "th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+    "th{position:sticky;top:0;background:#f2f2f2}"
+)
+
+
+def write_html_table(path, frame, title):
+    """`frame` as a page of its own, which the report shows in place; numbers are rounded for
+    reading (the CSV beside it keeps every digit)."""
+    table = frame.to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0, escape=True
+    )
+    text_columns = [i + 1 for i, kind in enumerate(frame.dtypes) if kind.kind in "OSUb"]
+    style = TABLE_STYLE + "".join(
+        f"td:nth-child({i}),th:nth-child({i}){{text-align:left}}" for i in text_columns
+    )
+    title = html.escape(title)
+    with atomic(path, "w") as f:
+        f.write(
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body><h3>{title}</h3>{table}</body></html>\n"
+        )
 
 
 def save_figure(path, fig):

@@ -177,6 +177,9 @@ def fits_table(fits):
     )
 
 
+SNAKEFILE = str(Path(snakemake.scriptdir).resolve().parents[1] / "Snakefile")  # noqa: F821
+
+
 def run_tags(fits, commit):
     """The tags every run carries, so that e.g. `tags.sampler = 'nuts'` finds its runs."""
 
@@ -186,6 +189,8 @@ def run_tags(fits, commit):
     return {
         "commit": commit,
         "mlflow.source.git.commit": commit,
+        "mlflow.source.name": SNAKEFILE,  # the UI's "Source" column
+        "mlflow.source.type": "LOCAL",
         "scenario": joined("scenario"),
         "sampler": joined("sampler"),
         "replicate_range": f"{fits['replicate'].min()}-{fits['replicate'].max()}",
@@ -312,6 +317,7 @@ def log_analysis(client, exp, tags, times, rows, verdict, bench, now):
         "ess_bulk_min": rows["ess_bulk"].min(),
         "ess_bulk_median": rows["ess_bulk"].median(),
         "ess_tail_min": rows["ess_tail"].min(),
+        "ess_squares_min": rows["ess_squares"].min(),
         "warmup_time": first["warmup_time"],
         "sampling_time": first["sampling_time"],
         "restarted_chains": first["restarted_chains"],
