@@ -71,7 +71,7 @@ def plot_trace(post, names=None):
             right.plot(values, linewidth=0.6, alpha=0.8)
         left.set(title=label, xlabel=label, ylabel="density")
         right.set(title=f"{label} by chain", xlabel="draw", ylabel=label)
-    _chain_legend(axes[0, 0], len(flat[0][1]))
+    _chain_legend(fig, axes[0, 0], len(flat[0][1]))
     return fig
 
 
@@ -80,9 +80,9 @@ def plot_trace(post, names=None):
 MAX_LEGEND_CHAINS = 8
 
 
-def _chain_legend(ax, chains):
+def _chain_legend(fig, ax, chains):
     if chains <= MAX_LEGEND_CHAINS:
-        ax.legend(fontsize="small")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=chains)
     else:
         ax.text(0.02, 0.95, f"{chains} chains", transform=ax.transAxes, va="top", fontsize=8)
 
@@ -264,7 +264,7 @@ def plot_forest(post, names=None, prob=0.95, truth=None):
         )
     ax.set_yticks(rows, labels)
     ax.set(title="Posterior means and intervals", xlabel="value", ylabel="parameter")
-    ax.legend(fontsize="small")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return fig
 
 
@@ -285,7 +285,7 @@ def plot_ppc(model, post, statistics=None, seed=0, thin=1):
         ax.set(
             title=f"{name}({field}): p = {p_value:.2f}", xlabel=f"{name}({field})", ylabel="draws"
         )
-    axes.flat[0].legend(fontsize="small")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
     _hide_unused(axes, len(keys))
     return fig
 
@@ -305,8 +305,14 @@ def plot_energy(post):
     ax = axes[0, 0]
     ax.hist(marginal, bins=bins, density=True, alpha=0.6, label="marginal energy")
     ax.hist(transition, bins=bins, density=True, alpha=0.6, label="energy transition")
-    bfmi = ", ".join(f"{value:.2f}" for value in post.e_bfmi())
-    ax.set(title=f"E-BFMI by chain: {bfmi}", xlabel="energy (centred)", ylabel="density")
+    bfmi = np.asarray(post.e_bfmi())
+    if len(bfmi) <= MAX_LEGEND_CHAINS:
+        title = "E-BFMI by chain: " + ", ".join(f"{value:.2f}" for value in bfmi)
+    else:
+        title = (
+            f"E-BFMI of {len(bfmi)} chains: lowest {bfmi.min():.2f}, median {np.median(bfmi):.2f}"
+        )
+    ax.set(title=title, xlabel="energy (centred)", ylabel="density")
     ax.legend(fontsize="small")
     return fig
 

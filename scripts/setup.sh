@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv with bayeslib and everything its pipeline and tests use. Safe to re-run.
+# --system-packages: also the Debian packages the slow tests start for real (a browser, a
+# one-node SLURM; scripts/system_packages.sh), which the full test suite needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == --system-packages ]]; then
+    bash scripts/system_packages.sh
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the slow tests start for real: headless Chromium (report and MLflow pages).
-# Needs root (CI runs as root); installs only what is missing.
+# Installs only what is missing, with apt-get as root (through sudo when run as a user).
 set -euo pipefail
 packages=(chromium chromium-driver)
 missing=()
@@ -9,6 +9,9 @@ for package in "${packages[@]}"; do
         || missing+=("$package")
 done
 if ((${#missing[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    as_root=()
+    [[ $(id -u) -eq 0 ]] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -39,8 +39,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
+MailProg=/bin/true
 GresTypes=gpu
-AccountingStorageTRES=gres/gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$memory_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
@@ -58,7 +58,8 @@ fi
 /usr/sbin/slurmd -N localhost
 
 for _ in $(seq 60); do
-    if [[ $(sinfo -h -n localhost -o %T 2>/dev/null | sort -u) == idle ]]; then
+    kill -0 "$(cat "$dir/slurmctld.pid" 2>/dev/null)" 2>/dev/null || break
+    if [[ $(timeout 5 sinfo -h -n localhost -o %T 2>/dev/null | sort -u) == idle ]]; then
         echo "SLURM is up: export SLURM_CONF=$SLURM_CONF"
         exit 0
     fi

@@ -2,7 +2,7 @@
 # Stops the cluster that start.sh DIR started (and munged, if start.sh started it).
 set -euo pipefail
 dir=$(realpath -m "${1:?usage: stop.sh DIR}")
-stop() {  # the daemon whose pid file is $1, waiting for it to exit
+stop() {  # the daemon whose pid file is $1, waiting for it to exit (killed after 10 s)
     [[ -f $1 ]] || return 0
     local pid
     pid=$(cat "$1")
@@ -11,6 +11,7 @@ stop() {  # the daemon whose pid file is $1, waiting for it to exit
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
+        kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$1"
 }
