@@ -72,8 +72,13 @@ def main():
     figures = {
         "linear_forest.png": plots.plot_forest(post, names="beta", truth=truth),
         "linear_trace.png": plots.plot_trace(post),
-        "linear_posterior.png": plots.plot_posterior(post),
-        "linear_prediction.png": plots.plot_posterior({"y at new x": y_new}, kind="eti"),
+        "linear_posterior.png": plots.plot_posterior(post, truth=truth),
+        "linear_prediction.png": plots.plot_posterior(
+            {"y at new x": y_new},
+            kind="eti",
+            truth={"y at new x": x[0] @ truth["beta"].double()},
+            truth_label="true mean",
+        ),
         "linear_ppc.png": plots.plot_ppc(model, post, seed=args.seed),
         "linear_energy.png": plots.plot_energy(post),
     }

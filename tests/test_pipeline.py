@@ -234,6 +234,10 @@ def test_reproduce_reruns_from_clean_and_finds_identical_numbers(study, tmp_path
     ).stdout.strip()
     assert verdict["commit"].removesuffix("+changes") == head
     assert f"Reproduce verdict: passed (identical; 0 of {verdict['numbers_compared']}" in output
+    code, output = snakemake(workdir, "--report", "results/report.html")
+    assert code == 0, output
+    first_page = (workdir / "results/report.html").read_text()
+    assert "Reproduce verdict: <strong>passed</strong> (identical;" in first_page
     client, runs = mlflow_runs(workdir)
     parent = next(r for r in runs if r.data.tags.get("bayeslib.role") == "study")
     assert parent.data.metrics["reproduce.passed"] == 1
