@@ -24,6 +24,8 @@ MIN_ESS = 400
 MIN_E_BFMI = 0.3
 # NUTS's max_tree_depth when a run's attrs do not record it (the sampler's default).
 DEFAULT_MAX_TREE_DEPTH = 10
+# The attrs that hold one entry per data set.
+PER_DATASET_ATTRS = ("step_size", "adapted_variances")
 # Draws unconstrained and evaluated at once by `Posterior.log_likelihood`.
 CHUNK_SIZE = 4096
 
@@ -123,8 +125,9 @@ class Posterior:
             return {name: value[part] for name, value in values.items()} if values else None
 
         attrs = {**self.attrs, "datasets": 1, "dataset": index}
-        if isinstance(self.attrs.get("step_size"), list) and self.datasets > 1:
-            attrs["step_size"] = [self.attrs["step_size"][index]]
+        for key in PER_DATASET_ATTRS:
+            if isinstance(self.attrs.get(key), list) and self.datasets > 1:
+                attrs[key] = [self.attrs[key][index]]
         return Posterior(
             pick(self.draws), pick(self.stats), pick(self.warmup), pick(self.warmup_stats), attrs
         )

@@ -1,5 +1,6 @@
 """`sample`: the driver that runs a sampler's warmup and draws over a batch of chains."""
 
+import math
 import sys
 import time
 import warnings
@@ -11,7 +12,7 @@ from .model import Model
 from .model.starts import initial_positions, superchains_for, with_curvature
 from .posterior import Posterior
 from .rejections import ModelErrors, rejecting, rejection_warning
-from .samplers import Sampler, Target, make_sampler
+from .samplers import Adaptation, Sampler, Target, make_sampler
 from .samplers.adaptation import restart_stragglers
 from .stacked import Stacked
 from .threads import chooses_threads, work
@@ -78,6 +79,11 @@ def sample(
         operation (`bayeslib.threads`: one thread for small models), at most
         `torch.get_num_threads()`, which is restored afterwards.
 
+    `post.attrs` records the run: its arguments, timings, the sampler's options
+    (`target_accept`, `max_tree_depth`, ... as `Sampler.options` gives them), and per data set
+    the adapted `step_size` and `adapted_variances` (the diagonal of the metric or proposal
+    covariance in whose units the step size is).
+
     An error raised by the model's code at a proposal (a Cholesky factorisation of a matrix
     that is not positive-definite, a domain error) rejects that chain's proposal, as in Stan,
     and counts as a divergence for HMC and NUTS; the other chains go on
@@ -102,6 +108,7 @@ def sample(
 
     model = model.to(device=device, dtype=dtype)
     datasets = model.datasets if isinstance(model, Stacked) else 1
+    check_host_memory(model, kernel, chains * datasets, warmup, draws, thin)
     generator = torch.Generator(device=device).manual_seed(seed)
     start = initial_positions(model, chains, superchains, init, generator, seed, kernel.needs_grad)
     if start.covariance is None and kernel.starts_from_curvature:
@@ -143,7 +150,9 @@ def sample(
         "dtype": str(dtype).removeprefix("torch."),
         "warmup_time": run.warmup_time,
         "sampling_time": run.sampling_time,
-        "step_size": kernel.step_size.reshape(datasets, -1)[:, 0].tolist(),
+        "step_size": run.params.step_size.reshape(datasets, -1)[:, 0].tolist(),
+        "adapted_variances": _per_dataset(kernel.variances(run.params), datasets),
+        **kernel.options(),
         "model_errors": errors.count,
         "model_error": errors.first,
     }
@@ -159,10 +168,16 @@ def sample(
     )
 
 
+def _per_dataset(value, datasets):
+    """What the first chain of each data set holds (its chains share it), as lists."""
+    return value.reshape(datasets, -1, *value.shape[1:])[:, 0].tolist()
+
+
 class Chains(NamedTuple):
     """What `run_chains` returns: unconstrained ``positions`` ``[chains, draws, dim]`` and
     ``stats`` ``{name: [chains, draws]}`` (CPU; floats as float64), the same for the kept
-    warmup iterations, the wall times in seconds, and how many chains warmup restarted."""
+    warmup iterations, the wall times in seconds, how many chains warmup restarted, and the
+    sampler's tuning after warmup (``params``)."""
 
     positions: torch.Tensor
     stats: dict
@@ -171,6 +186,7 @@ class Chains(NamedTuple):
     warmup_time: float
     sampling_time: float
     restarted_chains: int = 0
+    params: tuple | None = None
 
 
 def run_chains(
@@ -184,42 +200,55 @@ def run_chains(
     progress: bool = False,
     groups: int = 1,
     covariance: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> Chains:
     """Run `kernel` on any batched log density from starting points `z` ``[chains, dim]``:
     `warmup` adapting iterations, then `draws * thin` iterations keeping every `thin`-th.
     Warmup states are kept (every `thin`-th) apart from the draws. `groups` data sets own
     equal, consecutive blocks of chains and adapt apart; `covariance` ``[chains, dim, dim]``
-    is where the proposal covariance or metric starts (else the identity)."""
+    is where the proposal covariance or metric starts (else the identity).
+
+    Kept states go to host memory as they come (`_Recorder`): off the CPU, through a device
+    buffer of `chunk_size` kept iterations (None: about `CHUNK_BYTES`); on the CPU straight
+    into the result unless `chunk_size` is given."""
     chains, dim = z.shape
     state = kernel.init_state(target, z)
     started = time.perf_counter()
-    kernel.setup(target, state, generator, warmup, groups=groups, covariance=covariance)
+    params = kernel.init_params(state, covariance)
+    adaptation = kernel.adaptation(warmup, dim, groups)
+    adaptation_state = None
+    if warmup > 0:
+        params, adaptation_state = adaptation.init(generator, target, state, params)
     stat_names = ("lp", "step_size", *kernel.stat_names)
     bar = _progress_bar(progress, warmup + draws * thin)
 
-    warmup_buffers = _Buffers(warmup // thin, chains, dim, stat_names, z)
+    warmup_record = _Recorder(warmup // thin, chains, dim, stat_names, z, chunk_size)
     restarts = _Restarts(groups, warmup)
-    state = _run(
-        kernel, generator, state, warmup, thin, warmup_buffers, bar, adapt=True, restarts=restarts
+    warmup_run = _Warmup(adaptation, adaptation_state, restarts)
+    state, params = _run(
+        kernel, target, generator, state, params, warmup, thin, warmup_record, bar, warmup_run
     )
     _synchronize(z.device)
     warmup_time = time.perf_counter() - started
 
     started = time.perf_counter()
-    buffers = _Buffers(draws, chains, dim, stat_names, z)
-    state = _run(kernel, generator, state, draws * thin, thin, buffers, bar, adapt=False)
+    record = _Recorder(draws, chains, dim, stat_names, z, chunk_size)
+    state, params = _run(kernel, target, generator, state, params, draws * thin, thin, record, bar)
     _synchronize(z.device)
     sampling_time = time.perf_counter() - started
     if bar is not None:
         bar.close()
+    positions, stats = record.result()
+    warmup_positions, warmup_stats = warmup_record.result()
     return Chains(
-        _to_cpu(buffers.z.transpose(0, 1)),
-        buffers.stats_by_chain(),
-        _to_cpu(warmup_buffers.z.transpose(0, 1)),
-        warmup_buffers.stats_by_chain(),
+        positions,
+        stats,
+        warmup_positions,
+        warmup_stats,
         warmup_time,
         sampling_time,
         restarts.count,
+        params,
     )
 
 
@@ -237,69 +266,199 @@ class _Restarts:
         return state
 
 
+class _Warmup(NamedTuple):
+    """What warmup adds to an iteration: the sampler's adaptation, its state at the start,
+    and the restarts of stragglers."""
+
+    adaptation: Adaptation
+    adaptation_state: tuple | None
+    restarts: _Restarts
+
+
 def _constrained(model, positions):
-    """Unconstrained ``[chains, draws, dim]`` (CPU) -> {name: ``[chains, draws, *shape]``}."""
+    """Unconstrained ``[chains, draws, dim]`` (CPU) -> {name: ``[chains, draws, *shape]``},
+    constrained on the model's device about `CHUNK_BYTES` of draws at a time."""
     chains, draws, dim = positions.shape
-    flat = positions.reshape(chains * draws, dim).to(device=model.device, dtype=model.dtype)
-    values = model.constrain(flat)
-    return {
-        name: _to_cpu(value.reshape(chains, draws, *value.shape[1:]))
-        for name, value in values.items()
-    }
+    per_draw = chains * dim * positions.element_size()
+    step = max(1, CHUNK_BYTES // max(per_draw, 1))
+    out = {}
+    for start in range(0, draws, step):
+        part = positions[:, start : start + step]
+        n = part.shape[1]
+        flat = part.reshape(chains * n, dim).to(device=model.device, dtype=model.dtype)
+        for name, value in model.constrain(flat).items():
+            value = value.reshape(chains, n, *value.shape[1:])
+            if name not in out:
+                out[name] = torch.empty(
+                    chains, draws, *value.shape[2:], dtype=_host_dtype(value.dtype)
+                )
+            out[name][:, start : start + n] = value.detach()
+    return out
 
 
-def _run(kernel: Sampler, generator, state, iterations, thin, buffers, bar, adapt, restarts=None):
-    """Advance all chains `iterations` times, keeping every `thin`-th state in `buffers`."""
+def _run(kernel, target, generator, state, params, iterations, thin, record, bar, warmup=None):
+    """Advance all chains `iterations` times, keeping every `thin`-th state in `record`;
+    during `warmup` (a `_Warmup`), adapting `params` after each. Returns the last state and
+    params."""
     if bar is not None:
-        bar.set_description("warmup" if adapt else "sampling")
+        bar.set_description("warmup" if warmup else "sampling")
         progress = _Progress(bar, kernel, state.logdensity)
+    if warmup:
+        adaptation, adaptation_state, restarts = warmup
     for i in range(iterations):
-        state, info = kernel.step(generator, state)
-        if adapt:
-            kernel.adapt(generator, i, state, info)
+        state, info = kernel.step(generator, target, state, params)
+        if warmup:
+            params, adaptation_state = adaptation.update(
+                generator, target, state, info, params, adaptation_state
+            )
+            if i == iterations - 1:
+                params = adaptation.final(params, adaptation_state)
             state = restarts(generator, i, state)
         if (i + 1) % thin == 0:
-            buffers.write((i + 1) // thin - 1, state, info, kernel.step_size)
+            record.write((i + 1) // thin - 1, state, info, params.step_size)
         if bar is not None:
-            progress.update(info)
+            progress.update(info, params.step_size)
+    record.flush()
     if bar is not None:
         progress.flush()
-    return state
+    return state, params
 
 
-class _Buffers:
-    """Preallocated on the sampling device: positions ``[draws, chains, dim]`` and one
-    ``[draws, chains]`` tensor per statistic."""
+# Bytes of kept iterations a device holds before they are copied to host memory.
+CHUNK_BYTES = 64 * 2**20
+_STAT_DTYPES = {"diverging": torch.bool, "tree_depth": torch.int64, "n_steps": torch.int64}
 
-    def __init__(self, size, chains, dim, stat_names, like):
-        self.size = size
-        self.z = like.new_empty(size, chains, dim)
-        self.stats = {}
+
+class _Recorder:
+    """Kept iterations, written to preallocated host tensors in the layout of the result:
+    positions ``[chains, size, dim]`` and one ``[chains, size]`` tensor per statistic (floats
+    as float64). Off the CPU (or with a `chunk_size` on it), writes go to a device buffer of
+    `chunk_size` iterations that is copied out whenever it fills, through pinned memory with an
+    asynchronous copy on CUDA; device memory is then bounded by the chunk, not by `size`."""
+
+    def __init__(self, size, chains, dim, stat_names, like, chunk_size=None):
+        device = like.device
+        shapes = {"position": (chains, dim)}
+        dtypes = {"position": like.dtype}
         for name in stat_names:
-            dtype = {"diverging": torch.bool, "tree_depth": torch.int64, "n_steps": torch.int64}
-            self.stats[name] = torch.empty(
-                size, chains, dtype=dtype.get(name, like.dtype), device=like.device
-            )
+            shapes[name] = (chains,)
+            dtypes[name] = _STAT_DTYPES.get(name, like.dtype)
+        self.host = {
+            name: torch.empty(shape[0], size, *shape[1:], dtype=_host_dtype(dtypes[name]))
+            for name, shape in shapes.items()
+        }
+        if chunk_size is None and device.type != "cpu":
+            per_iteration = sum(math.prod(s) * 8 for s in shapes.values())
+            chunk_size = max(1, CHUNK_BYTES // per_iteration)
+        self.chunk_size = min(chunk_size, size) if chunk_size is not None else None
+        self.device = device
+        self.chunk = self.staging = None
+        if self.chunk_size:
+            self.chunk = {
+                name: torch.empty(self.chunk_size, *shape, dtype=dtypes[name], device=device)
+                for name, shape in shapes.items()
+            }
+            # On the CPU (a chunk_size given) too, so that this path runs wherever tested.
+            pin = device.type == "cuda"
+            self.staging = {
+                name: torch.empty(self.chunk_size, *shape, dtype=dtypes[name], pin_memory=pin)
+                for name, shape in shapes.items()
+            }
+        self.copied = None  # (first index, count, CUDA event) of a copy not yet unpacked
+        self.filled = 0  # kept iterations in the chunk (they come in order)
+        self.start = 0  # index in the result of the chunk's first kept iteration
 
     def write(self, index, state, info, step_size):
-        self.z[index] = state.position
-        for name, buffer in self.stats.items():
-            if name == "lp":
-                buffer[index] = state.logdensity
-            elif name == "step_size":
-                buffer[index] = step_size
-            else:
-                buffer[index] = getattr(info, name)
+        values = {"position": state.position, "lp": state.logdensity, "step_size": step_size}
+        if self.chunk is None:
+            for name, buffer in self.host.items():
+                buffer[:, index] = values[name] if name in values else getattr(info, name)
+            return
+        for name, buffer in self.chunk.items():
+            buffer[self.filled] = values[name] if name in values else getattr(info, name)
+        self.filled += 1
+        if self.filled == self.chunk_size:
+            self.flush()
 
-    def stats_by_chain(self):
-        return {name: _to_cpu(value.transpose(0, 1)) for name, value in self.stats.items()}
+    def flush(self):
+        """Copy what the chunk holds out to host memory (asynchronously on CUDA: it is
+        unpacked into the result at the next flush, or at `result`)."""
+        if self.chunk is None or not self.filled:
+            return
+        self._unpack()
+        n = self.filled
+        for name, buffer in self.chunk.items():
+            self.staging[name][:n].copy_(buffer[:n], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        self.copied = (self.start, n, event)
+        self.start += n
+        self.filled = 0
+
+    def _unpack(self):
+        if self.copied is None:
+            return
+        start, n, event = self.copied
+        if event is not None:
+            event.synchronize()
+        for name, buffer in self.staging.items():
+            self.host[name][:, start : start + n] = buffer[:n].transpose(0, 1)
+        self.copied = None
+
+    def result(self):
+        """Positions ``[chains, size, dim]`` and statistics ``{name: [chains, size]}``."""
+        self.flush()
+        self._unpack()
+        stats = {name: value for name, value in self.host.items() if name != "position"}
+        return self.host["position"], stats
 
 
-def _to_cpu(tensor):
-    tensor = tensor.detach().cpu()
-    if tensor.is_floating_point():
-        tensor = tensor.to(torch.float64)
-    return tensor.contiguous()
+def _host_dtype(dtype):
+    return torch.float64 if dtype.is_floating_point else dtype
+
+
+def host_bytes(model, kernel, chains, warmup, draws, thin) -> int:
+    """Host memory the kept iterations of a run take: unconstrained positions, their
+    constrained values and the statistics, for the draws and the kept warmup."""
+    dim = model.dim
+    constrained = sum(math.prod(shape) for shape in model.param_shapes.values())
+    stats = 2 + len(kernel.stat_names)  # lp, step_size: at most 8 bytes each
+    per_iteration = chains * 8 * (dim + constrained + stats)
+    return (warmup // thin + draws) * per_iteration
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable), None where unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(model, kernel, chains, warmup, draws, thin):
+    """Refuse, before any sampling, a run whose kept draws cannot fit in host memory."""
+    needed = host_bytes(model, kernel, chains, warmup, draws, thin)
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"the kept draws of this run need about {needed / 2**30:.1f} GiB of host memory "
+            f"({chains} chains x ({warmup} warmup // thin {thin} + {draws} draws) x "
+            f"{model.dim} unconstrained dimensions, their constrained values and statistics); "
+            f"{available / 2**30:.1f} GiB are available. Ask for fewer draws, thin them "
+            "(thin=k keeps every k-th), or run fewer chains."
+        )
 
 
 def resolve_device(device) -> torch.device:
@@ -368,7 +527,8 @@ class _Progress:
         self.count = self.pending = 0
         self.last = time.perf_counter()
 
-    def update(self, info):
+    def update(self, info, step_size):
+        self.step_size = step_size
         self.accept += info.acceptance_rate
         if info.diverging is not None:
             self.divergences += info.diverging
@@ -383,7 +543,7 @@ class _Progress:
         postfix = {"accept": f"{float(self.accept.mean()) / self.count:.3f}"}
         if "diverging" in self.kernel.stat_names:
             postfix["divergences"] = int(self.divergences.sum())
-            postfix["step_size"] = f"{float(self.kernel.step_size.mean()):.3g}"
+            postfix["step_size"] = f"{float(self.step_size.mean()):.3g}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(self.pending)
         self.pending = 0
@@ -395,6 +555,7 @@ __all__ = [
     "initial_positions",
     "resolve_device",
     "resolve_dtype",
+    "check_host_memory",
     "run_chains",
     "sample",
 ]

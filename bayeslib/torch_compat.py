@@ -17,6 +17,7 @@ __all__ = [
     "direct_call",
     "is_aten_op",
     "is_mutable",
+    "is_pointwise",
     "is_random",
     "op_name",
     "overload_name",
@@ -68,6 +69,11 @@ def is_mutable(op) -> bool:
 def is_random(op) -> bool:
     """Whether the operation draws from a random number generator."""
     return torch.Tag.nondeterministic_seeded in op.tags
+
+
+def is_pointwise(op) -> bool:
+    """Whether the operation works element by element on broadcast inputs (`add`, `log`)."""
+    return torch.Tag.pointwise in op.tags
 
 
 def direct_call(op):

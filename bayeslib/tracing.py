@@ -9,6 +9,11 @@ dropped, repeated ones shared, unused ones removed, and the graph is written bac
 straight-line Python function, replayed on every call. It is specialised to one batch shape,
 dtype and device, which is what a sampler uses for its whole run.
 
+Data-heavy models get their arithmetic's speed: a product of data with per-chain parameters,
+which `vmap` makes a batched product over one copy of the data per chain, becomes one matrix
+product for all chains; elementwise work on a per-chain value broadcast over the data runs
+once per chain; and many chains run in chunks that fit a core's cache.
+
 Code whose control flow depends on parameter values (`if`, `.item()`) cannot be traced: a
 Python value read from a tensor is refused, and the caller keeps the model's own code.
 (`make_fx` records the same way, but importing it costs about a second per process.)
@@ -39,6 +44,7 @@ from .torch_compat import (
     direct_call,
     is_aten_op,
     is_mutable,
+    is_pointwise,
     is_random,
     op_name,
     overload_name,
@@ -57,9 +63,9 @@ def trace(fn, *examples: torch.Tensor, what: str = "the traced function"):
     inputs of another shape, dtype or device (`what` names it in that error)."""
     graph_module = record(fn, *examples)
     _check_linalg_chains(graph_module, examples)
-    values = _values(graph_module, examples)
-    simplify(graph_module, values)
-    return to_python(graph_module, values, what)
+    simplify(graph_module, _values(graph_module, examples))
+    # again: rewritten products round differently, and each line is checked on its value
+    return to_python(graph_module, _values(graph_module, examples), what)
 
 
 def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool = True):
@@ -67,15 +73,60 @@ def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool =
     `z -> (lp, grad)` (or `z -> lp` with `grad=False`) equal to `model.logdensity_and_grad`
     (`model.logdensity`), NaN for the chains whose linear algebra fails. Raises `TracingError`
     when the model cannot be traced, or its own code fails at `z`, or the trace does not
-    reproduce the model at `z` and at a second point near it."""
+    reproduce the model at `z` and at a second point near it. On the CPU, where one chain's
+    intermediate results are large (data-heavy models) and there are many chains, the chains
+    run in chunks whose intermediate results fit a core's cache (`CHUNK_BYTES`)."""
 
     eager = functools.partial(
         model.logdensity_and_grad if grad else model.logdensity, jacobian=jacobian
     )
-    traced = trace(eager, z, what=f"Model '{model.name}': its traced log density")
+    what = f"Model '{model.name}': its traced log density"
+    traced = trace(eager, z, what=what)
+    chunk = _chunk(model, traced, z)
+    if chunk is not None:
+        traced = _in_chunks(trace(eager, z[:chunk], what=what), chunk, z, what)
     _check_same(eager, traced, z)
     _check_nearby(eager, traced, z)
     return traced
+
+
+# ----- many chains of a data-heavy model, in chunks
+
+# The largest intermediate result of one chunk of chains: about a core's L2 cache. Over it,
+# every elementwise operation streams through main memory (and freshly mapped pages).
+CHUNK_BYTES = 2**21
+MIN_CHUNK = 8  # chains; fewer, and the cost of each call outweighs the cache's gain
+
+
+def _chunk(model, traced, z: torch.Tensor) -> int | None:
+    """The chains per chunk for `traced` at `z`, or None to run all at once. Only for a model
+    vmapped over chains (`batched = False`): its chains cannot mix, so any chunk of them gives
+    their values."""
+    chains = z.shape[0]
+    if getattr(model, "batched", True) is not False or z.device.type != "cpu":
+        return None
+    limit = int(CHUNK_BYTES * chains // max(1, traced.largest_bytes))
+    if limit >= chains or limit < MIN_CHUNK:
+        return None
+    chunk = max(d for d in range(1, limit + 1) if chains % d == 0)
+    return chunk if 2 * chunk >= limit else None
+
+
+def _in_chunks(traced, chunk: int, z: torch.Tensor, what: str):
+    """`traced` (traced for `chunk` chains) over the chains of batches shaped like `z`."""
+    layout = (z.shape, z.dtype, z.device)
+    refuse = functools.partial(_refusal, what, _layout(z))
+
+    def chunked(x):
+        if (x.shape, x.dtype, x.device) != layout:
+            raise refuse(x)
+        parts = [traced(part) for part in x.split(chunk)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
+        return torch.cat(parts)
+
+    chunked.source, chunked.chunk = traced.source, chunk
+    return chunked
 
 
 # ----- recording
@@ -345,11 +396,15 @@ def make_target(model, z, grad=True, traced=True) -> Target:
 
 
 def simplify(graph_module: GraphModule, values: dict) -> None:
-    """Fold constants, drop operations that return their input, share repeated operations and
-    drop unused ones, in place. `values`: every node's value at the traced inputs."""
+    """Fold constants, multiply data by all chains' parameters at once, drop operations that
+    return their input, share repeated operations and drop unused ones, in place. `values`:
+    every node's value at the traced inputs (new nodes get theirs)."""
     graph = graph_module.graph
     _fold_constants(graph_module, values)
+    _shared_products_as_mm(graph_module, values)
+    _transposed_products(graph_module, values)
     _drop_identities(graph, values)
+    _elementwise_before_broadcast(graph_module, values)
     _share_repeated(graph)
     graph.eliminate_dead_code()
     graph.lint()
@@ -449,6 +504,182 @@ _NEUTRAL = {
     _aten.div.Scalar: 1,
     _aten.pow.Tensor_Scalar: 1,
 }
+
+
+def _shared_products_as_mm(graph_module: GraphModule, values: dict) -> None:
+    """Replace a batched product (`bmm`) of a matrix shared by every chain with per-chain
+    matrices by one matrix product for all chains. Under `vmap`, data times a parameter
+    (`beta @ X.T`, `X @ beta[:, None]`, and their gradients) becomes a `bmm` over the data
+    expanded to one copy per chain, which runs as many small products as there are chains;
+    stacking the chains' matrices makes it one large product, at the speed of the arithmetic.
+    Shared means a constant whose batch dimension has stride 0 (the data, expanded) or size 1,
+    or an `expand` of one matrix; the result is the same up to the rounding of another summation
+    order."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not _aten.bmm.default:
+            continue
+        left, right = node.args
+        with graph.inserting_before(node):
+            shared = _shared_matrix(graph_module, right, values)
+            if shared is not None:  # A[c] @ S, for all c: (stacked A) @ S
+                product = _per_chain_times_shared(graph, left, shared, values)
+            else:
+                shared = _shared_matrix(graph_module, left, values, transposed=True)
+                if shared is None:
+                    continue
+                # S @ B[c] = (B[c]^T @ S^T)^T
+                per_chain = _new(graph, values, _aten.transpose.int, (right, 1, 2))
+                product = _per_chain_times_shared(graph, per_chain, shared, values)
+                product = _new(graph, values, _aten.transpose.int, (product, 1, 2))
+            if not values[product].is_contiguous():  # as bmm's result, which views may need
+                product = _new(
+                    graph,
+                    values,
+                    _aten.clone.default,
+                    (product,),
+                    {"memory_format": torch.contiguous_format},
+                )
+        node.replace_all_uses_with(product)
+
+
+def _shared_matrix(graph_module, node, values: dict, transposed: bool = False):
+    """The one matrix (transposed, if asked) that every chain's matrix in `node`
+    (`[chains, m, k]`) is, as a node; None where the chains' matrices may differ."""
+    graph, value = graph_module.graph, values[node]
+    if node.op == "get_attr" and (value.stride(0) == 0 or value.shape[0] == 1):
+        matrix = value[0].t() if transposed else value[0]
+        name = f"_shared_{len(values)}"
+        graph_module.register_buffer(name, matrix)
+        shared = graph.get_attr(name)
+        values[shared] = matrix
+        return shared
+    if node.op == "call_function" and node.target is _aten.expand.default:
+        source, (m, k) = node.args[0], value.shape[1:]
+        if tuple(values[source].shape) in ((m, k), (1, m, k)):
+            matrix = _new(graph, values, _aten.view.default, (source, [m, k]))
+            return _new(graph, values, _aten.t.default, (matrix,)) if transposed else matrix
+    return None
+
+
+def _per_chain_times_shared(graph, per_chain, shared, values: dict):
+    """`per_chain` (`[chains, m, k]`) times `shared` (`[k, n]`), as one `mm`."""
+    chains, m, k = values[per_chain].shape
+    n = values[shared].shape[1]
+    stacked = _new(graph, values, _aten.reshape.default, (per_chain, [chains * m, k]))
+    product = _new(graph, values, _aten.mm.default, (stacked, shared))
+    return _new(graph, values, _aten.view.default, (product, [chains, m, n]))
+
+
+def _new(graph, values: dict, op, args, kwargs=None):
+    """A new node calling `op`, with its value."""
+    node = graph.call_function(op, args, kwargs or {})
+    concrete = torch.fx.node.map_arg((args, kwargs or {}), values.__getitem__)
+    values[node] = op(*concrete[0], **concrete[1])
+    return node
+
+
+def _transposed_products(graph_module: GraphModule, values: dict) -> None:
+    """Replace `mm(a, b)` transposed by `mm(b.t(), a.t())`: the product is then laid out as
+    its users read it (`X @ B.T` for chains `B` is `[rows, chains]`; the elementwise work that
+    follows runs along rows, chain by chain)."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not _is_transpose(node):
+            continue
+        product = node.args[0]
+        if product.op != "call_function" or product.target is not _aten.mm.default:
+            continue
+        a, b = product.args
+        with graph.inserting_before(node):
+            left, right = _transposed(graph_module, b, values), _transposed(graph_module, a, values)
+            node.replace_all_uses_with(_new(graph, values, _aten.mm.default, (left, right)))
+
+
+def _is_transpose(node: Node) -> bool:
+    if node.target is _aten.t.default:
+        return True
+    return node.target is _aten.permute.default and list(node.args[1]) == [1, 0]
+
+
+def _transposed(graph_module: GraphModule, node: Node, values: dict) -> Node:
+    if node.op == "call_function" and _is_transpose(node):
+        return node.args[0]
+    if node.op == "get_attr":
+        return _constant(graph_module, values[node].t(), values)
+    return _new(graph_module.graph, values, _aten.t.default, (node,))
+
+
+def _constant(graph_module: GraphModule, value: torch.Tensor, values: dict) -> Node:
+    """A new constant node (inserted where the graph is inserting)."""
+    name = f"_rewritten_{len(values)}"
+    graph_module.register_buffer(name, value)
+    node = graph_module.graph.get_attr(name)
+    values[node] = value
+    return node
+
+
+def _elementwise_before_broadcast(graph_module: GraphModule, values: dict) -> None:
+    """Compute an elementwise operation whose tensor inputs are all broadcasts (a per-chain
+    scale expanded over the data: `log(sigma)` for every row) on the inputs before the
+    broadcast, and broadcast its result: the same numbers (to the last bit, in which vectorised
+    and scalar math may differ), computed once per chain instead of once per row. Constants
+    that repeat along a dimension (-1 for every row) are read as one value along it."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not _is_op(node) or _is_random(node) or not is_pointwise(node.target):
+            continue
+        out = values[node]
+        if not isinstance(out, torch.Tensor) or node.kwargs or out.ndim == 0:
+            continue
+        with graph.inserting_before(node):
+            args = [
+                _compact(graph_module, a, out.ndim, values) if isinstance(a, Node) else a
+                for a in node.args
+            ]
+            if None in args:
+                continue
+            if all(a is b for a, b in zip(args, node.args, strict=True)):
+                continue
+            small = _new(graph, values, node.target, tuple(args))
+            if values[small].dtype != out.dtype:
+                continue
+            if values[small].shape != out.shape:
+                small = _new(graph, values, _aten.expand.default, (small, list(out.shape)))
+            node.replace_all_uses_with(small)
+
+
+def _compact(graph_module: GraphModule, node: Node, ndim: int, values: dict):
+    """`node`'s value with `ndim` dimensions, of size 1 where it is a broadcast: the source of
+    an `expand`, or a constant kept once along the dimensions it repeats along; None for a
+    non-tensor."""
+    value = values[node]
+    if not isinstance(value, torch.Tensor):
+        return None
+    if value.ndim < ndim:  # broadcast as it is
+        return node
+    if node.op == "call_function" and node.target is _aten.expand.default:
+        source = node.args[0]
+        shape = values[source].shape
+        if len(shape) == ndim:
+            return source
+        return _new(
+            graph_module.graph,
+            values,
+            _aten.view.default,
+            (source, [1] * (ndim - len(shape)) + list(shape)),
+        )
+    if node.op == "get_attr":
+        small = value
+        for dim in range(ndim):
+            first = small.narrow(dim, 0, 1)
+            if small.shape[dim] > 1 and bool(
+                ((small == first) | (small.isnan() & first.isnan())).all()
+            ):
+                small = first
+        if small.shape != value.shape:
+            return _constant(graph_module, small.contiguous(), values)
+    return node
 
 
 def _drop_identities(graph, values: dict) -> None:
@@ -573,7 +804,15 @@ def to_python(graph_module: GraphModule, values: dict, what: str = "the traced f
     exec(compile(source, "<bayeslib.tracing>", "exec"), scope)
     traced = scope["traced"]
     traced.source = source
+    traced.largest_bytes = max(  # of memory an operation writes (an expand writes none)
+        (v.untyped_storage().nbytes() for n, v in values.items() if _is_op(n) and _is_tensor(v)),
+        default=0,
+    )
     return traced
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
 
 
 def _layout(t: torch.Tensor) -> str:

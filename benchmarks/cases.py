@@ -1,9 +1,10 @@
-"""The data sets shared as NumPy arrays by every library in a benchmark: the seed's two, and two
-hard posteriors (strong correlations, scales far apart) from issue 17."""
+"""The data sets shared as NumPy arrays by every library in a benchmark: the seed's two, a
+data-heavy regression (issue 13), and two hard posteriors (strong correlations, scales far
+apart) from issue 17."""
 
 import numpy as np
 
-CASES = ("best", "linear")
+CASES = ("best", "linear", "regression")
 HARD_CASES = ("kidiq", "trend")
 
 
@@ -19,6 +20,19 @@ def linear_data(seed=0):
     X = np.ones((200, 3))
     X[:, 1:] = rng.random((200, 2))
     return {"X": X, "y": X @ np.array([2.0, 1.0, -3.0]) + rng.standard_normal(200)}
+
+
+def regression_data(seed=0, rows=5000, predictors=24, correlation=0.9):
+    """The seed's linear model on a data set of real volume: N = 5000 rows of 24 predictors
+    correlated 0.9 with each other (one common factor), y = X @ beta + Normal(0, 1) with
+    beta ~ Normal(0, 1): each gradient multiplies a 5000 x 24 matrix, and the coefficients
+    correlate a posteriori."""
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal((rows, 1))
+    noise = rng.standard_normal((rows, predictors))
+    X = np.sqrt(correlation) * common + np.sqrt(1.0 - correlation) * noise
+    beta = rng.standard_normal(predictors)
+    return {"X": X, "y": X @ beta + rng.standard_normal(rows)}
 
 
 def kidiq_data(seed=0):
@@ -44,5 +58,11 @@ def trend_data(seed=0):
 
 
 def data(case, seed=0):
-    fns = {"best": best_data, "linear": linear_data, "kidiq": kidiq_data, "trend": trend_data}
+    fns = {
+        "best": best_data,
+        "linear": linear_data,
+        "regression": regression_data,
+        "kidiq": kidiq_data,
+        "trend": trend_data,
+    }
     return fns[case](seed)

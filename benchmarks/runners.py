@@ -24,8 +24,8 @@ def runner(name, library):
 
 
 def _bayeslib_model(case):
-    """The case's bayeslib model: the seed's two, or the hard posteriors of issue 17 (as in
-    tests/test_metropolis_hard.py)."""
+    """The case's bayeslib model: the seed's two (the data-heavy regression is the seed's
+    linear model), or the hard posteriors of issue 17 (as in tests/test_metropolis_hard.py)."""
     from torch.distributions import HalfNormal, Normal
 
     import bayeslib as bl
@@ -55,6 +55,7 @@ def _bayeslib_model(case):
     models = {
         "best": Best,
         "linear": LinearRegression,
+        "regression": LinearRegression,
         "kidiq": KidScore,
         "trend": TemperatureTrend,
     }
@@ -92,7 +93,7 @@ def _numpyro(chain_method, case, chains, warmup, draws, seed, device):
     from numpyro.infer import MCMC, NUTS
 
     numpyro.enable_x64()
-    numpyro.set_platform("gpu" if device.startswith("cuda") else "cpu")
+    numpyro.set_platform("cuda" if device.startswith("cuda") else "cpu")
 
     def best(y1, y2):
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([2]))
@@ -101,7 +102,7 @@ def _numpyro(chain_method, case, chains, warmup, draws, seed, device):
         numpyro.sample("y2", dist.Normal(mu[1], sigma[1]), obs=y2)
 
     def linear(X, y):
-        beta = numpyro.sample("beta", dist.Uniform(-100.0, 100.0).expand([3]))
+        beta = numpyro.sample("beta", dist.Uniform(-100.0, 100.0).expand([X.shape[1]]))
         sigma = numpyro.sample("sigma", dist.Uniform(0.0, 100.0))
         numpyro.sample("y", dist.Normal(X @ beta, sigma), obs=y)
 
@@ -142,7 +143,7 @@ def _pyro(case, chains, warmup, draws, seed, device):
         pyro.sample("y2", dist.Normal(mu[1], sigma[1]).expand([len(y2)]).to_event(1), obs=y2)
 
     def linear(X, y):
-        beta = pyro.sample("beta", dist.Uniform(-100.0, 100.0).expand([3]).to_event(1))
+        beta = pyro.sample("beta", dist.Uniform(-100.0, 100.0).expand([X.shape[1]]).to_event(1))
         sigma = pyro.sample("sigma", dist.Uniform(0.0, 100.0))
         pyro.sample("y", dist.Normal(X @ beta, sigma).to_event(1), obs=y)
 
@@ -209,7 +210,8 @@ def _seed(case, chains, warmup, draws, seed, device, steps=10000, burn=5000, thi
 
         start = [torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
     else:
-        sizes, initial_scale = {"beta": 3, "sigma": 1}, 1.0
+        k = values["X"].shape[1]
+        sizes, initial_scale = {"beta": k, "sigma": 1}, 1.0
 
         def logp(beta, sigma):
             if (beta.abs() >= 100).any() or sigma <= 0 or sigma >= 100:
@@ -220,7 +222,7 @@ def _seed(case, chains, warmup, draws, seed, device, steps=10000, burn=5000, thi
                 + Uniform(0.0, 100.0).log_prob(sigma).sum()
             )
 
-        start = [torch.zeros(3, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]
+        start = [torch.zeros(k, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]
 
     params = [p.clone().requires_grad_(True) for p in start]
     optimizer = torch.optim.Adam(params, lr=0.003)

@@ -12,12 +12,14 @@ from bayeslib.samplers import (
     DualAveraging,
     RandomWalkMetropolis,
     Target,
-    Welford,
     build_schedule,
     find_reasonable_step_size,
     leapfrog,
     make_metric,
     pooled,
+    welford_covariance,
+    welford_init,
+    welford_update,
 )
 from bayeslib.samplers.base import State
 from bayeslib.samplers.nuts import checkpoint_indices
@@ -124,15 +126,17 @@ def test_kernels_leave_the_target_invariant(sampler):
     cov = correlated_cov(0.9)
     target = gaussian_target(cov)
     state = sampler.init_state(target, exact_draws(cov, chains, g))
-    sampler.setup(target, state, g, warmup=0)
+    params = sampler.init_params(state)
     # Coarse: leapfrog is stable below 2 * sqrt(0.1) = 0.63 here.
-    sampler.step_size = torch.full((chains,), 0.5 if sampler.name != "metropolis" else 1.5)
-    if sampler.name != "metropolis" and sampler.dense_mass:
+    params = params._replace(
+        step_size=torch.full((chains,), 0.5 if sampler.name != "metropolis" else 1.5)
+    )
+    if sampler.name != "metropolis" and sampler.dense_mass(2):
         inverse_mass = torch.tensor([[1.5, 0.5], [0.5, 0.8]], dtype=DTYPE)
-        sampler.metric = make_metric(inverse_mass.expand(chains, 2, 2))
+        params = params._replace(metric=make_metric(inverse_mass.expand(chains, 2, 2)))
     start = state.position
     for _ in range(10):
-        state, info = sampler.step(g, state)
+        state, info = sampler.step(g, target, state, params)
     z = state.position
     assert (z != start).all(-1).float().mean() > 0.5
     # Standard errors from 4,096 independent draws: mean 0.016, variance 0.022.
@@ -164,11 +168,12 @@ def test_nan_log_density_is_a_rejection_never_a_draw(sampler):
     chains = 256
     z0 = torch.rand(chains, 2, generator=g, dtype=DTYPE) - 0.5
     state = sampler.init_state(target, z0)
-    sampler.setup(target, state, g, warmup=0)
-    sampler.step_size = torch.full((chains,), 0.5 if sampler.name != "metropolis" else 2.0)
+    params = sampler.init_params(state)._replace(
+        step_size=torch.full((chains,), 0.5 if sampler.name != "metropolis" else 2.0)
+    )
     divergences = 0
     for _ in range(30):
-        state, info = sampler.step(g, state)
+        state, info = sampler.step(g, target, state, params)
         assert torch.isfinite(state.position).all()
         assert torch.isfinite(state.logdensity).all()
         assert (state.position[:, 0] <= 1.0).all()
@@ -196,15 +201,15 @@ def test_welford_matches_numpy_with_relative_regularisation():
     x = torch.randn(50, 3, 2, generator=g, dtype=DTYPE) * torch.tensor([1.0, 3.0], dtype=DTYPE)
     n = 50
     for units in (1.0, 1e-4):
-        dense, diagonal = (Welford(3, 2, d, DTYPE, "cpu") for d in (True, False))
+        dense, diagonal = (welford_init(x[0], d) for d in (True, False))
         for row in x * units:
-            dense.update(row)
-            diagonal.update(row)
+            dense = welford_update(dense, row)
+            diagonal = welford_update(diagonal, row)
         for chain in range(3):
             cov = torch.from_numpy(np.cov((x[:, chain] * units).numpy(), rowvar=False))
             expected = cov + 1e-3 * (5 / (n + 5)) * torch.diag(cov.diagonal())
-            torch.testing.assert_close(dense.covariance()[chain], expected)
-            torch.testing.assert_close(diagonal.covariance()[chain], expected.diagonal())
+            torch.testing.assert_close(welford_covariance(dense)[chain], expected)
+            torch.testing.assert_close(welford_covariance(diagonal)[chain], expected.diagonal())
 
 
 def test_pooled_covariance_is_shared_and_robust_to_a_lost_chain():
@@ -230,8 +235,9 @@ def test_pooled_covariance_is_shared_and_robust_to_a_lost_chain():
 def test_dual_averaging_ignores_a_nan_statistic_as_a_rejection():
     adaptation = DualAveraging(target=0.8)
     step = torch.ones(2, dtype=DTYPE)
-    adaptation.restart(step, (10 * step).log())
-    step = adaptation.update(torch.tensor([math.nan, 0.0], dtype=DTYPE))
+    state = adaptation.init(step, (10 * step).log())
+    state = adaptation.update(state, torch.tensor([math.nan, 0.0], dtype=DTYPE))
+    step = state.x.exp()
     assert torch.isfinite(step).all() and step[0] == step[1]
 
 
@@ -240,11 +246,11 @@ def test_dual_averaging_finds_the_step_size_with_the_target_statistic():
     scale = torch.tensor([0.1, 1.0, 10.0], dtype=DTYPE)
     adaptation = DualAveraging(target=0.8)
     step = torch.ones(3, dtype=DTYPE)
-    adaptation.restart(step, (10 * step).log())
+    state = adaptation.init(step, (10 * step).log())
     for _ in range(2000):
-        step = adaptation.update(torch.exp(-step / scale))
+        state = adaptation.update(state, torch.exp(-state.x.exp() / scale))
     expected = -scale * math.log(0.8)
-    torch.testing.assert_close(adaptation.final(), expected, rtol=0.05, atol=0)
+    torch.testing.assert_close(adaptation.final(state), expected, rtol=0.05, atol=0)
 
 
 def test_find_reasonable_step_size_scales_with_the_posterior():
@@ -270,12 +276,12 @@ def test_dense_mass_by_default_up_to_ten_dimensions(dim, dense):
     target = gaussian_target(torch.eye(dim, dtype=DTYPE))
     z = torch.zeros(2, dim, dtype=DTYPE)
     for sampler in (NUTS(), HMC()):
-        sampler.setup(target, sampler.init_state(target, z), torch.Generator(), warmup=100)
-        assert sampler.dense_mass is dense
-        assert sampler.metric.inverse_mass_matrix.shape == ((2, dim, dim) if dense else (2, dim))
+        params = sampler.init_params(sampler.init_state(target, z))
+        assert sampler.dense_mass(dim) is dense
+        assert params.metric.inverse_mass_matrix.shape == ((2, dim, dim) if dense else (2, dim))
     forced = NUTS(dense_mass=False)
-    forced.setup(target, forced.init_state(target, z), torch.Generator(), warmup=100)
-    assert forced.metric.inverse_mass_matrix.shape == (2, dim)
+    params = forced.init_params(forced.init_state(target, z))
+    assert params.metric.inverse_mass_matrix.shape == (2, dim)
 
 
 def test_chains_share_the_adapted_step_size_so_hmc_chains_move_in_step():

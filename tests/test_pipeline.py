@@ -264,7 +264,7 @@ def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, change, ke
 
 
 def test_profiles_parse_and_plan_the_study(tmp_path):
-    for name in ("default", "slurm", "kubernetes"):
+    for name in ("default", "slurm"):
         profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
         assert isinstance(profile, dict) and profile
     slurm = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())

@@ -64,11 +64,11 @@ class RecordingNUTS(NUTS):
         super().__init__()
         self.seen, self.fail_at = [], fail_at
 
-    def step(self, generator, state):
+    def step(self, generator, target, state, params):
         self.seen.append(torch.get_num_threads())
         if len(self.seen) == self.fail_at:
             raise RuntimeError("the sampler failed")
-        return super().step(generator, state)
+        return super().step(generator, target, state, params)
 
 
 def short(model, **options):

@@ -127,6 +127,18 @@ def test_is_random():
         assert not tc.is_random(op)
 
 
+def test_is_pointwise():
+    for op in (aten.add.Tensor, aten.log.default, aten.where.self, aten.pow.Tensor_Scalar):
+        assert tc.is_pointwise(op)
+    for op in (
+        aten.sum.dim_IntList,
+        aten.mm.default,
+        aten.expand.default,
+        aten.normal.Tensor_float,
+    ):
+        assert not tc.is_pointwise(op)
+
+
 def test_direct_call_gives_the_op_result():
     x = torch.randn(2, 3, dtype=torch.float64)
     for op, args in [

@@ -1,5 +1,6 @@
 """Traced log densities: the same numbers as the model's own code, or a clear fall back."""
 
+import functools
 import math
 import warnings
 
@@ -26,6 +27,7 @@ from torch.distributions import (
 )
 
 import bayeslib as bl
+from bayeslib import tracing
 from bayeslib.models import Best, BestStudentT, LinearRegression
 from bayeslib.torch_compat import direct_call, op_name
 from bayeslib.tracing import (
@@ -535,3 +537,150 @@ def logistic_data(n=30):
     x = torch.randn(n, generator=generator, dtype=torch.float64)
     y = torch.rand(n, generator=generator, dtype=torch.float64) < torch.sigmoid(0.5 + x)
     return x, y.double()
+
+
+# ----- data times per-chain parameters: one matrix product for all chains
+
+
+def correlated_regression(rows=5000, predictors=24, seed=0):
+    """Rows of predictors correlated 0.9 with each other, y = X @ beta + noise."""
+    generator = torch.Generator().manual_seed(seed)
+    normal = functools.partial(torch.randn, generator=generator, dtype=torch.float64)
+    X = 0.9**0.5 * normal(rows, 1) + 0.1**0.5 * normal(rows, predictors)
+    return X, X @ normal(predictors) + normal(rows)
+
+
+class RowTimesData(bl.Model):
+    """y ~ Normal(beta @ X.T, sigma): the data on the right of a per-chain row vector."""
+
+    beta = bl.Param(Normal(0.0, 10.0), shape=lambda p: (p.X.shape[1],))
+    sigma = bl.Param(HalfNormal(10.0))
+
+    def __init__(self, X, y):
+        super().__init__(X=X, y=y)
+
+    def observe(self, p):
+        return {"y": Normal(p.beta @ self.X.T, p.sigma)}
+
+
+class DataTimesColumn(RowTimesData):
+    """y ~ Normal(X @ beta[:, None], sigma): the data on the left of a per-chain column."""
+
+    def observe(self, p):
+        return {"y": Normal((self.X @ p.beta[:, None])[:, 0], p.sigma)}
+
+
+def traced_op_names(model, z):
+    graph_module = record(lambda z: model.logdensity_and_grad(z), z)
+    simplify(graph_module, _values(graph_module, (z,)))
+    return op_names(graph_module)
+
+
+@pytest.mark.parametrize(
+    "model_class", [RowTimesData, DataTimesColumn, LinearRegression], ids=lambda c: c.__name__
+)
+@pytest.mark.parametrize("chains", [1, 4])
+def test_data_times_parameters_is_one_matrix_product_for_all_chains(model_class, chains):
+    """Under vmap, `beta @ X.T` and `X @ beta[:, None]` are a `bmm` over one copy of X per
+    chain (forward, and again for the gradient); the trace runs one `mm` for all chains
+    instead, with the model's values and gradients."""
+    model = model_class(*correlated_regression())
+    z = random_z(model, chains, seed=3)
+    names = traced_op_names(model, z)
+    assert "bmm" not in names and names.count("mm") == 2
+    traced = trace_logdensity(model, z)
+    for point in (z, _nearby(z, 0.1)):
+        lp, grad = model.logdensity_and_grad(point)
+        got_lp, got_grad = traced(point)
+        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+
+
+def test_a_product_whose_matrices_differ_between_chains_stays_batched():
+    per_chain = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(0)).double()
+
+    def fn(z):  # z: [3, 2]; the data differ per chain, then both factors do
+        data_times_z = per_chain @ z[:, :, None]
+        return (data_times_z.mT @ data_times_z)[:, 0, 0]
+
+    z = torch.randn(3, 2, dtype=torch.float64)
+    graph_module, values = recorded(fn, z)
+    simplify(graph_module, values)
+    assert op_names(graph_module).count("bmm") == 2
+    torch.testing.assert_close(trace(fn, z)(2 * z), fn(2 * z), rtol=0, atol=0)
+
+
+def test_an_expanded_matrix_times_per_chain_matrices_is_one_product():
+    def fn(z):  # a matrix made of every chain's values, expanded back to each chain
+        shared = z.T @ z  # [2, 2]
+        return torch.bmm(shared.expand(3, 2, 2), z[:, :, None])[:, :, 0]
+
+    z = torch.randn(3, 2, dtype=torch.float64)
+    graph_module, values = recorded(fn, z)
+    simplify(graph_module, values)
+    assert "bmm" not in op_names(graph_module)
+    torch.testing.assert_close(trace(fn, z)(2 * z), fn(2 * z), rtol=1e-12, atol=0)
+
+
+def test_a_transposed_product_is_laid_out_as_its_users_read_it():
+    data = torch.randn(50, 2, generator=torch.Generator().manual_seed(1)).double()
+
+    def fn(z):  # X @ z.T is [rows, chains]; its transpose feeds the elementwise work
+        return (data @ z.T).T.exp().sum(1)
+
+    graph_module, values = recorded(fn, Z)
+    simplify(graph_module, values)
+    values = _values(graph_module, (Z,))
+    (product,) = (n for n in graph_module.graph.nodes if _is_op(n) and op_name(n.target) == "mm")
+    assert values[product].shape == (2, 50) and values[product].is_contiguous()
+    assert "permute" not in op_names(graph_module) and "t" not in op_names(graph_module)
+    torch.testing.assert_close(trace(fn, Z)(2 * Z), fn(2 * Z), rtol=1e-12, atol=0)
+
+
+def test_elementwise_work_on_a_broadcast_runs_once_per_chain():
+    """`Normal(mu, sigma)` over rows takes log(sigma) and sigma**2 of sigma expanded to every
+    row: computed once per chain, then expanded. A constant that repeats along a dimension
+    is read once along it."""
+    rows = 1000
+    ones = torch.ones(2, rows, dtype=torch.float64)
+
+    def fn(z):
+        sigma = z[:, :1].exp().expand(2, rows)
+        return (-(sigma.log() + sigma**2) * ones).sum(1)
+
+    graph_module, values = recorded(fn, Z)
+    simplify(graph_module, values)
+    values = _values(graph_module, (Z,))
+    for node in graph_module.graph.nodes:
+        if _is_op(node) and op_name(node.target) in ("log", "pow", "neg", "mul"):
+            assert values[node].numel() <= 2, op_name(node.target)
+    constants = [values[n] for n in graph_module.graph.nodes if n.op == "get_attr"]
+    assert all(c.numel() < rows for c in constants)
+    torch.testing.assert_close(trace(fn, Z)(2 * Z), fn(2 * Z), rtol=0, atol=0)
+
+
+def test_many_chains_of_a_data_heavy_model_run_in_chunks():
+    """A chain's intermediate results here are 5000 rows: 256 chains run in chunks that fit a
+    core's cache, with the model's values; 4 chains run at once."""
+    model = LinearRegression(*correlated_regression())
+    z = random_z(model, 256, seed=4)
+    traced = trace_logdensity(model, z)
+    assert 8 <= traced.chunk < 256 and 256 % traced.chunk == 0
+    for point in (z, _nearby(z, 0.1)):
+        for got, want in zip(traced(point), model.logdensity_and_grad(point), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max())
+    with pytest.raises(TracingError, match=r"traced for inputs of shape \(256, 25\)"):
+        traced(z[:128])
+    assert not hasattr(trace_logdensity(model, z[:4]), "chunk")
+
+
+def test_only_chains_that_cannot_mix_run_in_chunks(monkeypatch):
+    monkeypatch.setattr(tracing, "CHUNK_BYTES", 4096)  # some 20 chains of Best's 20 rows
+    model = Best.simulate(seed=0)[0]
+    z = random_z(model, 64, seed=5)
+    traced = trace_logdensity(model, z, grad=False)
+    assert traced.chunk < 64
+    torch.testing.assert_close(traced(z), model.logdensity(z), rtol=1e-12, atol=0)
+    # a batched model's own code may mix its chains: it runs all at once
+    batched = BestBatched(*model.data.values())
+    assert not hasattr(trace_logdensity(batched, z), "chunk")

@@ -147,8 +147,8 @@ class NoJacobianMetropolis(RandomWalkMetropolis):
     def init_state(self, target, z):
         return super().init_state(self._without_jacobian(target), z)
 
-    def setup(self, target, *args, **kwargs):
-        super().setup(self._without_jacobian(target), *args, **kwargs)
+    def step(self, generator, target, state, params):
+        return super().step(generator, self._without_jacobian(target), state, params)
 
 
 def no_jacobian_rank_power(simulations=5000, seed=2):

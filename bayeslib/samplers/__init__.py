@@ -2,12 +2,32 @@
 
 import inspect
 
-from .adaptation import DualAveraging, Welford, WindowAdaptation, build_schedule, pooled
-from .base import HamiltonianSampler, Info, Sampler, State, Target, find_reasonable_step_size
-from .hmc import HMC, hmc_step
+from .adaptation import (
+    DualAveraging,
+    DualAveragingState,
+    WelfordState,
+    WindowAdaptation,
+    WindowState,
+    build_schedule,
+    pooled,
+    welford_covariance,
+    welford_init,
+    welford_update,
+)
+from .base import (
+    Adaptation,
+    HamiltonianParams,
+    HamiltonianSampler,
+    Info,
+    Sampler,
+    State,
+    Target,
+    find_reasonable_step_size,
+)
+from .hmc import HMC, HMCParams, hmc_step
 from .integrators import leapfrog
 from .metrics import DenseMetric, DiagonalMetric, make_metric
-from .metropolis import RandomWalkMetropolis, rwm_step
+from .metropolis import MetropolisParams, RandomWalkMetropolis, rwm_step
 from .nuts import NUTS, nuts_step
 
 SAMPLERS = {"metropolis": RandomWalkMetropolis, "hmc": HMC, "nuts": NUTS}
@@ -38,21 +58,26 @@ def make_sampler(sampler, **options) -> Sampler:
 
 
 __all__ = [
+    "Adaptation",
     "DenseMetric",
     "DiagonalMetric",
     "DualAveraging",
+    "DualAveragingState",
     "HMC",
+    "HMCParams",
+    "HamiltonianParams",
     "HamiltonianSampler",
     "Info",
+    "MetropolisParams",
     "NUTS",
     "RandomWalkMetropolis",
     "SAMPLERS",
     "Sampler",
     "State",
     "Target",
-    "Welford",
-    "pooled",
+    "WelfordState",
     "WindowAdaptation",
+    "WindowState",
     "build_schedule",
     "find_reasonable_step_size",
     "hmc_step",
@@ -60,5 +85,9 @@ __all__ = [
     "make_metric",
     "make_sampler",
     "nuts_step",
+    "pooled",
     "rwm_step",
+    "welford_covariance",
+    "welford_init",
+    "welford_update",
 ]

@@ -10,78 +10,96 @@ masked, for another's longer trajectory, and many chains adapt faster and less n
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 
-class DualAveraging:
-    """Nesterov's dual averaging as in Stan (Hoffman & Gelman 2014, section 3.2), per chain.
+class DualAveragingState(NamedTuple):
+    """Dual averaging per chain: ``x`` (log value), ``mu`` (the log value it shrinks toward),
+    their running averages ``x_avg`` and ``g_avg``, and the updates so far ``t``."""
 
-    Drives ``exp(x)`` so that the mean of the adaptation statistic approaches ``target``.
-    """
+    x: Tensor
+    mu: Tensor
+    x_avg: Tensor
+    g_avg: Tensor
+    t: int
 
-    def __init__(self, target: float, gamma: float = 0.05, t0: float = 10.0, kappa: float = 0.75):
-        self.target, self.gamma, self.t0, self.kappa = target, gamma, t0, kappa
 
-    def restart(self, value: Tensor, mu: Tensor) -> None:
-        """Start again from ``value`` (per chain), shrinking toward ``mu`` (log scale)."""
-        self.x = value.log()
-        self.mu = mu
-        self.x_avg = torch.zeros_like(self.x)
-        self.g_avg = torch.zeros_like(self.x)
-        self.t = 0
+class DualAveraging(NamedTuple):
+    """Nesterov's dual averaging as in Stan (Hoffman & Gelman 2014, section 3.2), per chain:
+    drives ``exp(x)`` so that the mean of the adaptation statistic approaches ``target``.
+    ``init``, ``update`` and ``final`` are pure functions of its `DualAveragingState`."""
 
-    def update(self, statistic: Tensor) -> Tensor:
-        """One update from this iteration's statistic; returns the next value, ``exp(x)``."""
-        self.t += 1
-        eta = 1.0 / (self.t + self.t0)
+    target: float
+    gamma: float = 0.05
+    t0: float = 10.0
+    kappa: float = 0.75
+
+    def init(self, value: Tensor, mu: Tensor) -> DualAveragingState:
+        """Start from ``value`` (per chain), shrinking toward ``mu`` (log scale)."""
+        x = value.log()
+        return DualAveragingState(x, mu, torch.zeros_like(x), torch.zeros_like(x), 0)
+
+    def update(self, state: DualAveragingState, statistic: Tensor) -> DualAveragingState:
+        """One update from this iteration's statistic; the next value is ``exp(state.x)``."""
+        t = state.t + 1
+        eta = 1.0 / (t + self.t0)
         statistic = statistic.clamp(max=1.0).nan_to_num(0.0)
-        self.g_avg = (1.0 - eta) * self.g_avg + eta * (self.target - statistic)
-        self.x = self.mu - (math.sqrt(self.t) / self.gamma) * self.g_avg
-        weight = self.t ** (-self.kappa)
-        self.x_avg = (1.0 - weight) * self.x_avg + weight * self.x
-        return self.x.exp()
+        g_avg = (1.0 - eta) * state.g_avg + eta * (self.target - statistic)
+        x = state.mu - (math.sqrt(t) / self.gamma) * g_avg
+        weight = t ** (-self.kappa)
+        x_avg = (1.0 - weight) * state.x_avg + weight * x
+        return DualAveragingState(x, state.mu, x_avg, g_avg, t)
 
-    def final(self) -> Tensor:
+    def final(self, state: DualAveragingState) -> Tensor:
         """The averaged value, used once adaptation ends."""
-        return self.x_avg.exp()
+        return state.x_avg.exp()
 
 
-class Welford:
-    """Running mean and (co)variance of ``[chains, dim]`` draws, one estimate per chain."""
+class WelfordState(NamedTuple):
+    """Running mean ``[chains, dim]`` and sum of squared deviations (``[chains, dim]``, or
+    ``[chains, dim, dim]`` for a dense estimate) of ``n`` draws, one estimate per chain."""
 
-    def __init__(self, chains: int, dim: int, dense: bool, dtype, device):
-        self.dense = dense
-        self.mean = torch.zeros(chains, dim, dtype=dtype, device=device)
-        shape = (chains, dim, dim) if dense else (chains, dim)
-        self.m2 = torch.zeros(shape, dtype=dtype, device=device)
-        self.n = 0
+    mean: Tensor
+    m2: Tensor
+    n: int
 
-    def update(self, z: Tensor) -> None:
-        self.n += 1
-        delta = z - self.mean
-        self.mean += delta / self.n
-        if self.dense:
-            self.m2 += delta.unsqueeze(-1) * (z - self.mean).unsqueeze(-2)
-        else:
-            self.m2 += delta * (z - self.mean)
 
-    def covariance(self) -> Tensor:
-        """Stan's regularised estimate, but shrunk toward its own diagonal: the variances are
-        widened by ``1e-3 * 5 / (n + 5)`` of themselves and the covariances kept. A ridge of a
-        multiple of the identity (Stan's, even in the posterior's own scale) sets the smallest
-        eigenvalue: a slope over calendar years correlates with the intercept at -0.99996,
-        its posterior's smallest eigenvalue is 1e-11 of its largest, and such a ridge made the
-        proposal 30 times too wide across the ridge of the posterior."""
-        n = self.n
-        cov = self.m2 / max(n - 1, 1)
-        widen = 1.0 + 1e-3 * 5.0 / (n + 5.0)
-        if self.dense:
-            cov = 0.5 * (cov + cov.mT)
-            variances = cov.diagonal(dim1=-2, dim2=-1)
-            return cov + (widen - 1.0) * torch.diag_embed(variances)
-        return widen * cov
+def welford_init(like: Tensor, dense: bool) -> WelfordState:
+    """No draws yet, for draws shaped as ``like`` ``[chains, dim]``."""
+    chains, dim = like.shape
+    shape = (chains, dim, dim) if dense else (chains, dim)
+    return WelfordState(torch.zeros_like(like), like.new_zeros(shape), 0)
+
+
+def welford_update(state: WelfordState, z: Tensor) -> WelfordState:
+    n = state.n + 1
+    delta = z - state.mean
+    mean = state.mean + delta / n
+    if state.m2.dim() == 3:
+        m2 = state.m2 + delta.unsqueeze(-1) * (z - mean).unsqueeze(-2)
+    else:
+        m2 = state.m2 + delta * (z - mean)
+    return WelfordState(mean, m2, n)
+
+
+def welford_covariance(state: WelfordState) -> Tensor:
+    """Stan's regularised estimate, but shrunk toward its own diagonal: the variances are
+    widened by ``1e-3 * 5 / (n + 5)`` of themselves and the covariances kept. A ridge of a
+    multiple of the identity (Stan's, even in the posterior's own scale) sets the smallest
+    eigenvalue: a slope over calendar years correlates with the intercept at -0.99996,
+    its posterior's smallest eigenvalue is 1e-11 of its largest, and such a ridge made the
+    proposal 30 times too wide across the ridge of the posterior."""
+    n = state.n
+    cov = state.m2 / max(n - 1, 1)
+    widen = 1.0 + 1e-3 * 5.0 / (n + 5.0)
+    if cov.dim() == 3:
+        cov = 0.5 * (cov + cov.mT)
+        variances = cov.diagonal(dim1=-2, dim2=-1)
+        return cov + (widen - 1.0) * torch.diag_embed(variances)
+    return widen * cov
 
 
 def group_mean(x: Tensor, groups: int = 1) -> Tensor:
@@ -148,54 +166,63 @@ def build_schedule(
     return Schedule(init_buffer, end, frozenset(ends))
 
 
-class WindowAdaptation:
-    """Step size by dual averaging and a (co)variance estimate over Stan's windows.
+class WindowState(NamedTuple):
+    """Where `WindowAdaptation` stands: the warmup ``iteration`` it is fed next, the dual
+    averaging of the step size and the (co)variance estimate of the current window."""
 
-    The sampler reads ``value`` (its step size or proposal scale, one per chain and equal
-    across chains) and, after each window, receives a new covariance.
+    iteration: int
+    dual_averaging: DualAveragingState
+    welford: WelfordState
+
+
+class WindowAdaptation:
+    """Step size by dual averaging and a (co)variance estimate over Stan's windows, as pure
+    functions of a `WindowState`: ``init``, ``update`` (once per warmup iteration), ``final``.
+
+    The value it steers is a sampler's step size or proposal scale, one per chain and equal
+    across the chains of a group; after each window it gives a new covariance.
     """
 
-    def __init__(
-        self,
-        warmup: int,
-        chains: int,
-        dim: int,
-        target_accept: float,
-        dense: bool,
-        dtype,
-        device,
-        adapt_covariance: bool = True,
-        mu_factor: float = 10.0,
-        groups: int = 1,
-    ):
+    def __init__(self, warmup: int, target_accept: float, mu_factor: float = 10.0, groups: int = 1):
         self.warmup = warmup
         self.groups = groups
-        self.schedule = build_schedule(warmup) if adapt_covariance else Schedule(0, 0, frozenset())
+        self.schedule = build_schedule(warmup)
         self.dual_averaging = DualAveraging(target_accept)
         self.mu_factor = mu_factor
-        self.welford = Welford(chains, dim, dense, dtype, device)
-        self.dims = (chains, dim, dense, dtype, device)
 
-    def restart(self, value: Tensor) -> None:
+    def init(self, value: Tensor, z: Tensor, dense: bool) -> WindowState:
+        """Start steering from ``value``, estimating a dense or diagonal (co)variance of
+        draws shaped as ``z``."""
+        return self.restart(WindowState(0, None, welford_init(z, dense)), value)
+
+    def restart(self, state: WindowState, value: Tensor) -> WindowState:
         """Start the dual averaging again from the geometric mean of each group's `value`s."""
         value = group_mean(value.log(), self.groups).exp()
-        self.dual_averaging.restart(value, (self.mu_factor * value).log())
+        averaging = self.dual_averaging.init(value, (self.mu_factor * value).log())
+        return state._replace(dual_averaging=averaging)
 
-    def update(self, i: int, z: Tensor, statistic: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Feed iteration ``i``; returns the next value, and a new covariance when a window
-        has just closed (else None). The value follows the mean statistic of each group's
-        chains, so they share it."""
+    def update(
+        self, state: WindowState, z: Tensor, statistic: Tensor
+    ) -> tuple[WindowState, Tensor, Tensor | None]:
+        """Feed one warmup iteration's draws and statistic; returns the new state, the next
+        value, and a new covariance when a window has just closed (else None). The value
+        follows the mean statistic of each group's chains, so they share it."""
+        i = state.iteration
         statistic = statistic.clamp(max=1.0).nan_to_num(0.0)
-        value = self.dual_averaging.update(group_mean(statistic, self.groups))
-        if i == self.warmup - 1:
-            value = self.dual_averaging.final()
-        covariance = None
+        averaging = self.dual_averaging.update(
+            state.dual_averaging, group_mean(statistic, self.groups)
+        )
+        welford, covariance = state.welford, None
         if self.schedule.start <= i < self.schedule.end:
-            self.welford.update(z)
+            welford = welford_update(welford, z)
             if i in self.schedule.window_ends:
-                covariance = pooled(self.welford.covariance(), self.groups)
-                self.welford = Welford(*self.dims)
-        return value, covariance
+                covariance = pooled(welford_covariance(welford), self.groups)
+                welford = welford_init(z, welford.m2.dim() == 3)
+        return WindowState(i + 1, averaging, welford), averaging.x.exp(), covariance
+
+    def final(self, state: WindowState) -> Tensor:
+        """The value once warmup ends: the dual average."""
+        return self.dual_averaging.final(state.dual_averaging)
 
 
 def straggler_gap(dim: int) -> float:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .adaptation import WindowAdaptation
 from .integrators import leapfrog
-from .metrics import make_metric
+from .metrics import DenseMetric, DiagonalMetric, make_metric
 
 
 class State(NamedTuple):
@@ -51,39 +51,64 @@ def clean_logdensity(lp: Tensor) -> Tensor:
     return torch.nan_to_num(lp, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
 
 
+class Adaptation(NamedTuple):
+    """A sampler's warmup adaptation as three pure functions over its own state (what
+    `Sampler.adaptation` returns):
+
+    ``init(generator, target, state, params) -> (params, adaptation_state)`` before the first
+    warmup iteration; ``update(generator, target, state, info, params, adaptation_state) ->
+    (params, adaptation_state)`` after each; ``final(params, adaptation_state) -> params``
+    after the last, whose tuning the draws then use unchanged."""
+
+    init: Callable
+    update: Callable
+    final: Callable
+
+
 class Sampler:
-    """The interface ``sample`` drives. A sampler holds its options and, once ``setup`` has
-    bound it to a target, its tuning (per-chain ``step_size``, metric or proposal) and the
-    warmup adaptation. ``step`` is a pure kernel of the current tuning; ``adapt`` changes
-    the tuning and is called during warmup only."""
+    """The interface ``sample`` drives. A sampler object holds only its options; the tuning a
+    run learns (per-chain ``step_size``, metric or proposal) is a NamedTuple of parameters
+    that the driver passes along:
+
+    ``params = init_params(state, covariance)``, then ``step(generator, target, state,
+    params)`` for each iteration, and during warmup the `Adaptation` triple from
+    ``adaptation(warmup, dim, groups)`` to change ``params``. Every ``params`` has a
+    ``step_size`` ``[chains]`` (the proposal scale for Metropolis), recorded as a statistic."""
 
     name = ""
     #: The sample statistics this sampler records, besides ``lp`` and ``step_size``.
     stat_names: tuple[str, ...] = ("acceptance_rate",)
     needs_grad = True
-    #: Whether ``sample`` should find the mode's curvature for ``setup``'s ``covariance``
-    #: even when the chains do not start from the mode.
+    #: Whether ``sample`` should find the mode's curvature for ``init_params``'s
+    #: ``covariance`` even when the chains do not start from the mode.
     starts_from_curvature = False
 
-    def setup(
-        self,
-        target: Target,
-        state: State,
-        generator: torch.Generator,
-        warmup: int,
-        groups: int = 1,
-        covariance: Tensor | None = None,
-    ):
-        """Prepare to run from `state`: `warmup` adapting iterations follow. `groups` data
-        sets own equal, consecutive blocks of chains and adapt apart; `covariance`
+    def options(self) -> dict:
+        """The options the sampler was made with, JSON-serialisable (`Posterior.attrs`)."""
+        raise NotImplementedError
+
+    def init_params(self, state: State, covariance: Tensor | None = None) -> NamedTuple:
+        """The tuning before any adaptation, for the chains of `state`: `covariance`
         ``[chains, dim, dim]`` is where the proposal covariance or metric starts (else the
         identity, or what the sampler was given)."""
         raise NotImplementedError
 
-    def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
+    def step(
+        self, generator: torch.Generator, target: Target, state: State, params: NamedTuple
+    ) -> tuple[State, Info]:
+        """One transition of every chain: a pure function of its arguments (and the
+        generator's state)."""
         raise NotImplementedError
 
-    def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
+    def variances(self, params: NamedTuple) -> Tensor:
+        """``[chains, dim]``: the variances of the metric or proposal covariance in whose
+        units ``params.step_size`` is."""
+        raise NotImplementedError
+
+    def adaptation(self, warmup: int, dim: int, groups: int = 1) -> Adaptation:
+        """How `warmup` iterations adapt the tuning of chains in `dim` unconstrained
+        dimensions; `groups` data sets own equal, consecutive blocks of chains and adapt
+        apart."""
         raise NotImplementedError
 
     def init_state(self, target: Target, z: Tensor) -> State:
@@ -97,6 +122,14 @@ class Sampler:
 # covariance is cheap and well estimated from warmup, and it removes the correlations that
 # make a diagonal metric take long trajectories; a diagonal one above.
 DENSE_MASS_MAX_DIM = 10
+
+
+class HamiltonianParams(NamedTuple):
+    """The tuning of HMC and NUTS: ``step_size`` ``[chains]`` and a metric (diagonal or
+    dense, one inverse mass matrix per chain)."""
+
+    step_size: Tensor
+    metric: DiagonalMetric | DenseMetric
 
 
 class HamiltonianSampler(Sampler):
@@ -123,76 +156,88 @@ class HamiltonianSampler(Sampler):
         self.dense_mass_option = dense_mass
         self.initial_inverse_mass_matrix = inverse_mass_matrix
 
-    def setup(
-        self,
-        target: Target,
-        state: State,
-        generator: torch.Generator,
-        warmup: int,
-        groups: int = 1,
-        covariance: Tensor | None = None,
-    ):
-        self.target = target
+    def options(self) -> dict:
+        return {
+            "target_accept": self.target_accept,
+            "initial_step_size": self.initial_step_size,
+            "dense_mass": self.dense_mass_option,
+        }
+
+    def dense_mass(self, dim: int) -> bool:
+        """Whether the metric is dense for `dim` unconstrained dimensions."""
+        if self.dense_mass_option is not None:
+            return self.dense_mass_option
+        given = self.initial_inverse_mass_matrix
+        given_dense = given is not None and torch.as_tensor(given).dim() == 2
+        return given_dense or dim <= DENSE_MASS_MAX_DIM
+
+    def init_params(self, state: State, covariance: Tensor | None = None) -> HamiltonianParams:
         z = state.position
         chains, dim = z.shape
-        self.dense_mass = self.dense_mass_option
-        if self.dense_mass is None:
-            given = self.initial_inverse_mass_matrix
-            given_dense = given is not None and torch.as_tensor(given).dim() == 2
-            self.dense_mass = given_dense or dim <= DENSE_MASS_MAX_DIM
-        self.step_size = torch.full(
-            (chains,), self.initial_step_size, dtype=z.dtype, device=z.device
-        )
+        dense = self.dense_mass(dim)
+        step_size = torch.full((chains,), self.initial_step_size, dtype=z.dtype, device=z.device)
         if covariance is not None and self.initial_inverse_mass_matrix is None:
             inverse_mass_matrix = covariance.to(z)
-            if not self.dense_mass:
+            if not dense:
                 inverse_mass_matrix = inverse_mass_matrix.diagonal(dim1=-2, dim2=-1).clone()
         else:
-            inverse_mass_matrix = self._initial_inverse_mass_matrix(chains, dim, z)
-        self.metric = make_metric(inverse_mass_matrix)
-        self.adaptation = None
-        if warmup > 0:
-            self.adaptation = WindowAdaptation(
-                warmup,
-                chains,
-                dim,
-                self.target_accept,
-                self.dense_mass,
-                z.dtype,
-                z.device,
-                groups=groups,
-            )
-            self.step_size = find_reasonable_step_size(
-                generator, state, target, self.step_size, self.metric
-            )
-            self.adaptation.restart(self.step_size)
+            inverse_mass_matrix = self._initial_inverse_mass_matrix(chains, dim, dense, z)
+        return HamiltonianParams(step_size, make_metric(inverse_mass_matrix))
 
-    def _initial_inverse_mass_matrix(self, chains: int, dim: int, like: Tensor) -> Tensor:
+    def _initial_inverse_mass_matrix(
+        self, chains: int, dim: int, dense: bool, like: Tensor
+    ) -> Tensor:
         given = self.initial_inverse_mass_matrix
         if given is None:
             eye = torch.ones(dim, dtype=like.dtype, device=like.device)
-            given = torch.diag(eye) if self.dense_mass else eye
+            given = torch.diag(eye) if dense else eye
         given = torch.as_tensor(given, dtype=like.dtype, device=like.device)
-        if self.dense_mass and given.dim() == 1:
+        if dense and given.dim() == 1:
             given = torch.diag(given)
-        if not self.dense_mass and given.dim() == 2 and given.shape[0] == given.shape[1] == dim:
+        if not dense and given.dim() == 2 and given.shape[0] == given.shape[1] == dim:
             raise ValueError("a dense inverse_mass_matrix needs dense_mass=True")
-        expected = (dim, dim) if self.dense_mass else (dim,)
+        expected = (dim, dim) if dense else (dim,)
         if tuple(given.shape[-len(expected) :]) != expected:
             raise ValueError(
                 f"inverse_mass_matrix must have shape {expected}, got {tuple(given.shape)}"
             )
         return given.expand(chains, *expected).clone()
 
-    def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
-        step_size, covariance = self.adaptation.update(i, state.position, info.acceptance_rate)
-        self.step_size = step_size
-        if covariance is not None:
-            self.metric = make_metric(covariance)
-            self.step_size = find_reasonable_step_size(
-                generator, state, self.target, self.step_size, self.metric
+    def variances(self, params: HamiltonianParams) -> Tensor:
+        inverse_mass_matrix = params.metric.inverse_mass_matrix
+        if inverse_mass_matrix.dim() == 3:
+            return inverse_mass_matrix.diagonal(dim1=-2, dim2=-1)
+        return inverse_mass_matrix
+
+    def adaptation(self, warmup: int, dim: int, groups: int = 1) -> Adaptation:
+        """Stan's windowed warmup: the step size by dual averaging toward `target_accept`,
+        the metric renewed from each window's draws, and after each renewal a step size
+        found afresh (`find_reasonable_step_size`)."""
+        window = WindowAdaptation(warmup, self.target_accept, groups=groups)
+
+        def init(generator, target, state, params):
+            step_size = find_reasonable_step_size(
+                generator, state, target, params.step_size, params.metric
             )
-            self.adaptation.restart(self.step_size)
+            adaptation_state = window.init(step_size, state.position, self.dense_mass(dim))
+            return params._replace(step_size=step_size), adaptation_state
+
+        def update(generator, target, state, info, params, adaptation_state):
+            adaptation_state, step_size, covariance = window.update(
+                adaptation_state, state.position, info.acceptance_rate
+            )
+            params = params._replace(step_size=step_size)
+            if covariance is not None:
+                metric = make_metric(covariance)
+                step_size = find_reasonable_step_size(generator, state, target, step_size, metric)
+                params = params._replace(step_size=step_size, metric=metric)
+                adaptation_state = window.restart(adaptation_state, step_size)
+            return params, adaptation_state
+
+        def final(params, adaptation_state):
+            return params._replace(step_size=window.final(adaptation_state))
+
+        return Adaptation(init, update, final)
 
 
 def find_reasonable_step_size(

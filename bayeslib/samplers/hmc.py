@@ -1,13 +1,28 @@
 """Hamiltonian Monte Carlo with a jittered trajectory length."""
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .base import HamiltonianSampler, Info, State, Target, clean_logdensity
+from .adaptation import build_schedule
+from .base import Adaptation, HamiltonianSampler, Info, State, Target, clean_logdensity
 from .integrators import leapfrog
+from .metrics import DenseMetric, DiagonalMetric
 from .nuts import nuts_step
+
+# The tree depth of the NUTS transitions HMC takes early in warmup.
+WARMUP_MAX_TREE_DEPTH = 10
+
+
+class HMCParams(NamedTuple):
+    """HMC's tuning: ``step_size`` ``[chains]``, the metric, and ``nuts``: take NUTS
+    transitions (early in warmup, before a metric is learnt) instead of HMC's."""
+
+    step_size: Tensor
+    metric: DiagonalMetric | DenseMetric
+    nuts: bool = False
 
 
 def hmc_step(
@@ -113,41 +128,54 @@ class HMC(HamiltonianSampler):
         self.trajectory_length = float(trajectory_length)
         self.max_steps = max_steps
 
-    def setup(
-        self,
-        target: Target,
-        state: State,
-        generator: torch.Generator,
-        warmup: int,
-        groups: int = 1,
-        covariance: Tensor | None = None,
-    ):
-        super().setup(target, state, generator, warmup, groups, covariance)
-        ends = self.adaptation.schedule.window_ends if warmup > 0 else ()
-        self.first_metric_update = min(ends, default=-1)
-        self.metric_unknown = bool(ends)
+    def options(self) -> dict:
+        return {
+            **super().options(),
+            "trajectory_length": self.trajectory_length,
+            "max_steps": self.max_steps,
+        }
 
-    def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
-        super().adapt(generator, i, state, info)
-        self.metric_unknown &= i < self.first_metric_update
+    def init_params(self, state: State, covariance: Tensor | None = None) -> HMCParams:
+        return HMCParams(*super().init_params(state, covariance), nuts=False)
 
-    def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
-        if self.metric_unknown:
+    def adaptation(self, warmup: int, dim: int, groups: int = 1) -> Adaptation:
+        """NUTS's adaptation, and NUTS transitions until the first metric window closes."""
+        nuts = super().adaptation(warmup, dim, groups)
+        first_metric_update = min(build_schedule(warmup).window_ends, default=-1)
+
+        def init(generator, target, state, params):
+            params, adaptation_state = nuts.init(generator, target, state, params)
+            return params._replace(nuts=first_metric_update >= 0), adaptation_state
+
+        def update(generator, target, state, info, params, adaptation_state):
+            i = adaptation_state.iteration
+            params, adaptation_state = nuts.update(
+                generator, target, state, info, params, adaptation_state
+            )
+            return params._replace(nuts=params.nuts and i < first_metric_update), adaptation_state
+
+        return Adaptation(init, update, nuts.final)
+
+    def step(
+        self, generator: torch.Generator, target: Target, state: State, params: HMCParams
+    ) -> tuple[State, Info]:
+        if params.nuts:
             state, info = nuts_step(
                 generator,
                 state,
-                self.target,
-                self.step_size,
-                self.metric,
-                max_delta_energy=self.max_delta_energy,
+                target,
+                params.step_size,
+                params.metric,
+                WARMUP_MAX_TREE_DEPTH,
+                self.max_delta_energy,
             )
             return state, info._replace(tree_depth=None)
         return hmc_step(
             generator,
             state,
-            self.target,
-            self.step_size,
-            self.metric,
+            target,
+            params.step_size,
+            params.metric,
             self.trajectory_length,
             self.max_steps,
             self.max_delta_energy,

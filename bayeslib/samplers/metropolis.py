@@ -1,12 +1,22 @@
 """Random-walk Metropolis in unconstrained space, with the proposal learned during warmup."""
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .adaptation import WindowAdaptation
-from .base import Info, Sampler, State, Target, clean_logdensity
+from .base import Adaptation, Info, Sampler, State, Target, clean_logdensity
+
+
+class MetropolisParams(NamedTuple):
+    """Random-walk Metropolis's tuning: ``step_size`` ``[chains]``, the proposal scale, and
+    ``proposal_factor``: ``[chains, dim]`` standard deviations, or ``[chains, dim, dim]`` a
+    Cholesky factor of the proposal covariance."""
+
+    step_size: Tensor
+    proposal_factor: Tensor
 
 
 def rwm_step(
@@ -43,7 +53,7 @@ class RandomWalkMetropolis(Sampler):
     the proposal covariance is estimated from the chains' warmup draws over Stan's windows;
     both are then fixed, so the draws come from a valid Metropolis chain.
 
-    The proposal covariance starts from what ``setup`` is given (``bl.sample`` gives the
+    The proposal covariance starts from what ``init_params`` is given (``bl.sample`` gives the
     Laplace approximation at the mode with ``init="map"``), else the identity.
 
     Options: ``target_accept``, ``dense_covariance`` (True: learn the full covariance, else
@@ -68,56 +78,66 @@ class RandomWalkMetropolis(Sampler):
         self.dense_covariance = bool(dense_covariance)
         self.initial_scale = scale
 
-    def setup(
-        self,
-        target: Target,
-        state: State,
-        generator: torch.Generator,
-        warmup: int,
-        groups: int = 1,
-        covariance: Tensor | None = None,
-    ):
-        self.target = target
+    def options(self) -> dict:
+        return {
+            "target_accept": self.target_accept,
+            "dense_covariance": self.dense_covariance,
+            "initial_scale": self.initial_scale,
+        }
+
+    def init_params(self, state: State, covariance: Tensor | None = None) -> MetropolisParams:
         z = state.position
         chains, dim = z.shape
-        self.optimal_scale = 2.38 / math.sqrt(dim)
-        initial = self.optimal_scale if self.initial_scale is None else float(self.initial_scale)
-        self.step_size = torch.full((chains,), initial, dtype=z.dtype, device=z.device)
+        initial = optimal_scale(dim) if self.initial_scale is None else float(self.initial_scale)
+        step_size = torch.full((chains,), initial, dtype=z.dtype, device=z.device)
         if covariance is None:
             covariance = torch.eye(dim, dtype=z.dtype, device=z.device).expand(chains, dim, dim)
         covariance = covariance.to(z)
         if self.dense_covariance:
-            self.proposal_factor = torch.linalg.cholesky(covariance)
-        else:
-            self.proposal_factor = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+            return MetropolisParams(step_size, torch.linalg.cholesky(covariance))
+        return MetropolisParams(step_size, covariance.diagonal(dim1=-2, dim2=-1).sqrt())
+
+    def step(
+        self, generator: torch.Generator, target: Target, state: State, params: MetropolisParams
+    ) -> tuple[State, Info]:
+        return rwm_step(generator, state, target, params.step_size, params.proposal_factor)
+
+    def variances(self, params: MetropolisParams) -> Tensor:
+        factor = params.proposal_factor
+        return (factor**2).sum(-1) if factor.dim() == 3 else factor**2
+
+    def adaptation(self, warmup: int, dim: int, groups: int = 1) -> Adaptation:
+        """The proposal scale by dual averaging toward `target_accept`; the proposal
+        covariance renewed from each window's draws, with the scale back at its optimum for
+        a Gaussian (`optimal_scale`)."""
         target_accept = self.target_accept
         if target_accept is None:
             target_accept = 0.44 if dim == 1 else 0.234
-        self.adaptation = None
-        if warmup > 0:
-            self.adaptation = WindowAdaptation(
-                warmup,
-                chains,
-                dim,
-                target_accept,
-                self.dense_covariance,
-                z.dtype,
-                z.device,
-                mu_factor=1.0,
-                groups=groups,
+        window = WindowAdaptation(warmup, target_accept, mu_factor=1.0, groups=groups)
+
+        def init(generator, target, state, params):
+            return params, window.init(params.step_size, state.position, self.dense_covariance)
+
+        def update(generator, target, state, info, params, adaptation_state):
+            adaptation_state, scale, covariance = window.update(
+                adaptation_state, state.position, info.acceptance_rate
             )
-            self.adaptation.restart(self.step_size)
-
-    def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
-        return rwm_step(generator, state, self.target, self.step_size, self.proposal_factor)
-
-    def adapt(self, generator: torch.Generator, i: int, state: State, info: Info) -> None:
-        scale, covariance = self.adaptation.update(i, state.position, info.acceptance_rate)
-        self.step_size = scale
-        if covariance is not None:
+            if covariance is None:
+                return params._replace(step_size=scale), adaptation_state
             if self.dense_covariance:
-                self.proposal_factor = torch.linalg.cholesky(covariance)
+                proposal_factor = torch.linalg.cholesky(covariance)
             else:
-                self.proposal_factor = covariance.sqrt()
-            self.step_size = torch.full_like(scale, self.optimal_scale)
-            self.adaptation.restart(self.step_size)
+                proposal_factor = covariance.sqrt()
+            step_size = torch.full_like(scale, optimal_scale(dim))
+            adaptation_state = window.restart(adaptation_state, step_size)
+            return MetropolisParams(step_size, proposal_factor), adaptation_state
+
+        def final(params, adaptation_state):
+            return params._replace(step_size=window.final(adaptation_state))
+
+        return Adaptation(init, update, final)
+
+
+def optimal_scale(dim: int) -> float:
+    """The proposal scale of a random walk on a standard Gaussian in `dim` dimensions."""
+    return 2.38 / math.sqrt(dim)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import HamiltonianSampler, Info, State, Target
+from .base import HamiltonianParams, HamiltonianSampler, Info, State, Target
 from .integrators import leapfrog
 from .metrics import is_turning
 
@@ -210,13 +210,18 @@ class NUTS(HamiltonianSampler):
             raise ValueError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}")
         self.max_tree_depth = max_tree_depth
 
-    def step(self, generator: torch.Generator, state: State) -> tuple[State, Info]:
+    def options(self) -> dict:
+        return {**super().options(), "max_tree_depth": self.max_tree_depth}
+
+    def step(
+        self, generator: torch.Generator, target: Target, state: State, params: HamiltonianParams
+    ) -> tuple[State, Info]:
         return nuts_step(
             generator,
             state,
-            self.target,
-            self.step_size,
-            self.metric,
+            target,
+            params.step_size,
+            params.metric,
             self.max_tree_depth,
             self.max_delta_energy,
         )

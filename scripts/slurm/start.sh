@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# Starts a one-node SLURM cluster on 127.0.0.1, as root (scripts/slurm/install.sh installs it):
-#   bash scripts/slurm/start.sh DIR; export SLURM_CONF=DIR/slurm.conf
-# DIR (made if missing) holds its configuration, state and logs; DIR/jobs.txt records every job
-# that ended (jobcomp/filetxt). Partitions: cpu (the default) and gpu, on the one node, which
-# declares one GPU (gres gpu:1) so that GPU jobs are accepted; it has no GPU device.
-# No accounting database: job states come from slurmctld (squeue), which keeps ended jobs for
-# MinJobAge. No cgroups either, so that it runs in a container. Stop it with stop.sh DIR.
+# Starts a one-node SLURM cluster on 127.0.0.1, as root (install.sh installs it):
+#   bash scripts/slurm/start.sh DIR      (stop.sh DIR stops it)
+# Partitions cpu (the default) and gpu on the one node, which declares one GPU (gres gpu:1) so
+# that GPU jobs are accepted and scheduled; it has no GPU device.
+# The configuration goes to /etc/slurm, where every SLURM command and job step looks for it
+# (the executor plugin's job steps run srun without SLURM_CONF); one there that this script did
+# not write is left alone, and it stops. DIR holds the cluster's state and logs, and jobs.txt,
+# a line for every job that ended.
+# No accounting database: job states come from slurmctld (squeue, scontrol show job), which
+# keeps ended jobs for an hour (MinJobAge). No cgroups either, so that it runs in a container.
 set -euo pipefail
 dir=$(realpath -m "${1:?usage: start.sh DIR}")
 here=$(dirname "$0")
 bash "$here/stop.sh" "$dir"
 rm -rf "$dir/state" "$dir/spool" "$dir"/*.log "$dir/jobs.txt"
 mkdir -p "$dir/state" "$dir/spool"
-export SLURM_CONF=$dir/slurm.conf
+conf=/etc/slurm/slurm.conf
+marker="# A one-node test cluster, written by bayeslib's scripts/slurm/start.sh."
+if [[ -e $conf ]] && [[ $(head -n 1 "$conf") != "$marker" ]]; then
+    echo "$conf exists and was not written by start.sh: not replacing it" >&2
+    exit 1
+fi
 
 # Memory the node offers jobs: most of this machine's (a node claiming more is refused).
 memory_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-cat >"$SLURM_CONF" <<CONF
+cat >"$conf" <<CONF
+$marker
 ClusterName=bayeslib
 SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmUser=root
@@ -46,7 +55,7 @@ PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONF
 # A GPU gres needs a device file: /dev/null stands for the GPU this node does not have.
-echo "NodeName=localhost Name=gpu File=/dev/null" >"$dir/gres.conf"
+echo "NodeName=localhost Name=gpu File=/dev/null" >/etc/slurm/gres.conf
 
 # munge authenticates SLURM's messages; one already running (with this machine's key) serves.
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
@@ -60,12 +69,12 @@ fi
 for _ in $(seq 60); do
     kill -0 "$(cat "$dir/slurmctld.pid" 2>/dev/null)" 2>/dev/null || break
     if [[ $(timeout 5 sinfo -h -n localhost -o %T 2>/dev/null | sort -u) == idle ]]; then
-        echo "SLURM is up: export SLURM_CONF=$SLURM_CONF"
+        echo "SLURM is up ($conf)"
         exit 0
     fi
     sleep 0.5
 done
 echo "SLURM did not come up; its logs:" >&2
 tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2
-sinfo -N -l >&2 || true
+timeout 5 sinfo -N -l >&2 || true
 exit 1
