@@ -285,8 +285,12 @@ def plot(medians, table, out):
     cases = medians.groupby("case", sort=False)
     fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(5.5 * max(1, len(cases)), 4))
     for ax, (case, group) in zip(np.atleast_1d(axes), cases, strict=False):
+        # A linear axis from zero: bars on a log axis start nowhere and misstate ratios.
         ax.barh(group.contender, group.min_ess_per_s, color="steelblue")
-        ax.set_xscale("log")
+        for y, value in enumerate(group.min_ess_per_s):
+            ax.annotate(f"{value:,.0f}", (value, y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)  # fmt: skip
+        ax.set_xlim(0, 1.15 * group.min_ess_per_s.max())
         ax.set_xlabel("min(bulk, tail, squares) ESS per second (median)")
         ax.set_title(f"{case}: 4 chains")
     fig.tight_layout()

@@ -89,6 +89,7 @@ def sampler_figure(post):
     ax = fig.subplots()
     ax.hist(post.stats["acceptance_rate"].mean(dim=1).numpy(), bins=20, color="steelblue")
     ax.set(title="Acceptance rate by chain", xlabel="mean acceptance rate", ylabel="chains")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     return fig
 
 
