@@ -174,7 +174,10 @@ for replicate in range(sm.params.plot_replicates):
 
 study.write_csv(sm.output.summary, summary, index=False)
 study.write_html_table(
-    sm.output.summary_html, summary, f"Posterior summary: {scenario['name']}/{sampler}"
+    sm.output.summary_html,
+    summary,
+    f"Posterior summary: {scenario['name']}/{sampler}",
+    sm.output.summary,
 )
 study.write_csv(sm.output.fits, fits, index=False)
 study.write_csv(sm.output.ppc, pd.concat(checks_ppc) if checks_ppc else pd.DataFrame(), index=False)

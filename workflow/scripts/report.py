@@ -13,7 +13,7 @@ sm = snakemake  # noqa: F821
 study.log_to(sm.log[0])
 fits = pd.concat([pd.read_csv(path) for path in sm.input.fits], ignore_index=True)
 study.write_csv(sm.output.fits, fits, index=False)
-study.write_html_table(sm.output.fits_html, fits, "Every fit")
+study.write_html_table(sm.output.fits_html, fits, "Every fit", sm.output.fits)
 
 # Bulk ESS alone flatters antithetic samplers (static HMC): a fit counts its weakest estimate.
 fits["ess_min"] = fits[["ess_bulk", "ess_tail", "ess_squares"]].min(axis=1)

@@ -8,6 +8,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 import zlib
 from contextlib import contextmanager
@@ -266,22 +267,44 @@ TABLE_STYLE = (
 )
 
 
-def write_html_table(path, frame, title):
+# The report opens a table as a data: URL, which Chromium refuses past 2 MB (base64 adds a
+# third): longer tables show their first rows and name the CSV that holds them all.
+MAX_HTML_BYTES = 1_400_000
+
+
+def write_html_table(path, frame, title, csv_path):
     """`frame` as a page of its own, which the report shows in place; numbers are rounded for
-    reading (the CSV beside it keeps every digit)."""
-    table = frame.to_html(
-        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0, escape=True
-    )
+    reading, and `csv_path` holds every row and digit."""
     text_columns = [i + 1 for i, kind in enumerate(frame.dtypes) if kind.kind in "OSUb"]
     style = TABLE_STYLE + "".join(
         f"td:nth-child({i}),th:nth-child({i}){{text-align:left}}" for i in text_columns
     )
-    title = html.escape(title)
+    rows = len(frame)
+    while True:
+        page = _html_page(frame.head(rows), title, style, rows < len(frame), len(frame), csv_path)
+        if len(page.encode()) <= MAX_HTML_BYTES or rows <= 1:
+            break
+        rows = int(rows * MAX_HTML_BYTES / len(page.encode()) * 0.95)
     with atomic(path, "w") as f:
-        f.write(
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{style}</style></head><body><h3>{title}</h3>{table}</body></html>\n"
-        )
+        f.write(page)
+
+
+def _html_page(frame, title, style, cut, total, csv_path):
+    table = frame.to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0, escape=True
+    )
+    table = re.sub(r">\s+<", "><", table)  # pandas indents every cell
+    note = (
+        f"<p>The first {len(frame):,} of {total:,} rows; all of them: "
+        f"<code>{html.escape(str(csv_path))}</code></p>"
+        if cut
+        else ""
+    )
+    title = html.escape(title)
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body><h3>{title}</h3>{note}{table}</body></html>\n"
+    )
 
 
 def save_figure(path, fig):
