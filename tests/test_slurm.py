@@ -143,7 +143,7 @@ def cluster_runs(workdir, local_study):
         subprocess.run(["bash", SLURM / "stop.sh", state], check=True)
         # Without cgroups (a container), the step of a cancelled job can outlive the job, as
         # a waiting Snakemake: end whatever the jobs left running in this folder.
-        subprocess.run(["pkill", "-f", str(workdir)], check=False)
+        subprocess.run(["pkill", "-KILL", "-f", str(workdir)], check=False)
 
 
 @pytest.fixture(scope="session")
