@@ -548,12 +548,7 @@ def _shared_matrix(graph_module, node, values: dict, transposed: bool = False):
     (`[chains, m, k]`) is, as a node; None where the chains' matrices may differ."""
     graph, value = graph_module.graph, values[node]
     if node.op == "get_attr" and (value.stride(0) == 0 or value.shape[0] == 1):
-        matrix = value[0].t() if transposed else value[0]
-        name = f"_shared_{len(values)}"
-        graph_module.register_buffer(name, matrix)
-        shared = graph.get_attr(name)
-        values[shared] = matrix
-        return shared
+        return _constant(graph_module, value[0].t() if transposed else value[0], values)
     if node.op == "call_function" and node.target is _aten.expand.default:
         source, (m, k) = node.args[0], value.shape[1:]
         if tuple(values[source].shape) in ((m, k), (1, m, k)):
