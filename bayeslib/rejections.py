@@ -46,9 +46,10 @@ def rejecting(target: Target, model, errors: ModelErrors) -> Target:
     """`target` (the batched log density of `model`, traced or the model's own) with errors
     raised while evaluating it turned into NaN log densities and gradients for the chains
     concerned, counted in `errors`."""
-    return Target(
-        _guarded(target.logdensity_and_grad, model, "logdensity_and_grad", errors),
-        _guarded(target.logdensity, model, "logdensity", errors),
+    guarded = _guarded(target.logdensity_and_grad, model, "logdensity_and_grad", errors)
+    return target._replace(
+        logdensity_and_grad=guarded,
+        logdensity=_guarded(target.logdensity, model, "logdensity", errors),
     )
 
 

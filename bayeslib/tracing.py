@@ -388,8 +388,8 @@ def make_target(model, z, grad=True, traced=True) -> Target:
         )
         return eager
     if grad:
-        return eager._replace(logdensity_and_grad=fast)
-    return eager._replace(logdensity=fast)
+        return eager._replace(logdensity_and_grad=fast, traced=True)
+    return eager._replace(logdensity=fast, traced=True)
 
 
 # ----- graph simplification

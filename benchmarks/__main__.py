@@ -11,6 +11,10 @@ posterior means; prints medians and the ratios of bayeslib's samplers to each pe
 figure; writes CSV files and PNG plots (Pyro, one eager chain at a time, sits out the
 regression). Then the scaling study over the number of chains.
 
+`--device cuda` runs instead the GPU study (about 5 minutes on one GPU): BEST, 500 + 500,
+float64, at 1024 and 16384 chains, bayeslib's HMC and NUTS (with captured CUDA graphs, and
+with every operation launched on its own) and NumPyro vectorized, once each; writes gpu.csv.
+
 `--hard` runs instead the two hard posteriors of issue 17 (a regression with uncentred
 predictors and their interaction, a trend over calendar years) with bayeslib's Metropolis on 64
 chains and NUTS on 4, 1000 + 1000 iterations, each twice (three times with --full): wall time,
@@ -79,6 +83,16 @@ MAX_CHAINS = {"numpyro-vectorized": 1024, "bayeslib-nuts": 1024}
 # many short chains; NUTS needs few long ones), and bl.sample's superchains for 64 chains.
 HARD = {"bayeslib-metropolis": 64, "bayeslib-nuts": 4}
 SUPERCHAINS = 4
+# The GPU study: its contenders, chains, and iterations (--smoke: a check that it runs).
+GPU = [
+    "bayeslib-hmc",
+    "bayeslib-nuts",
+    "bayeslib-hmc-launches",
+    "bayeslib-nuts-launches",
+    "numpyro-vectorized",
+]
+GPU_SETTINGS = {"chains": [1024, 16384], "warmup": 500, "draws": 500}
+GPU_SMOKE = {"chains": [256], "warmup": 50, "draws": 50}
 # The columns printed for each run.
 FIGURES = ["min_ess_bulk", "min_ess_tail", "min_ess_sq", "min_ess_per_s", "max_r_hat"]
 # Contenders left out of a case, and why.
@@ -223,6 +237,34 @@ def comparison(settings, device, threads, out, names, cases=CASES):
     return medians
 
 
+def gpu(settings, device, out, names):
+    """Each contender once per chain count on BEST, in a fresh process: wall (start-up,
+    compilation and warmup in), the ESS figures, and min ESS/s over NumPyro's."""
+    rows = []
+    for chains in settings["chains"]:
+        for name in names:
+            if not installed(name):
+                print(f"  {name}: not installed, left out")
+                continue
+            try:
+                values, wall, peak = run_once(
+                    name, "best", chains, settings["warmup"], settings["draws"], 0, device, 1
+                )
+            except subprocess.CalledProcessError:
+                print(f"  {name:24s} chains {chains:6d}  FAILED (its error is above)")
+                continue
+            figures, _ = measure(values)
+            row = {"contender": name, "chains": chains, "wall_s": wall, **figures}
+            rows.append({**row, "min_ess_per_s": figures["min_ess"] / wall, "peak_mib": peak})
+            print(f"  {name:24s} chains {chains:6d}  {report(wall, figures)}", flush=True)
+    runs = pd.DataFrame(rows)
+    if len(runs):
+        peer = runs[runs.contender == "numpyro-vectorized"].set_index("chains").min_ess_per_s
+        runs["vs numpyro-vectorized"] = runs.min_ess_per_s / runs.chains.map(peer)
+    runs.to_csv(out / "gpu.csv", index=False)
+    return runs
+
+
 def ratios(medians):
     """Min ESS/s (the smallest of bulk, tail and squares ESS, per second) of each bayeslib
     sampler, and of the best of them, over each peer's."""
@@ -352,11 +394,20 @@ def main(argv=None):
     settings = SETTINGS["full" if args.full else "smoke" if args.smoke else "quick"]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    names = args.only.split(",") if args.only else list(HARD) if args.hard else OURS + PEERS
+    default = GPU if args.device.startswith("cuda") else list(HARD) if args.hard else OURS + PEERS
+    names = args.only.split(",") if args.only else default
     known = HARD if args.hard else RUNNERS
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"--only: unknown contenders {unknown}; known: {sorted(known)}")
+    if args.device.startswith("cuda"):
+        print("GPU study (BEST, float64; min ESS/s = min(bulk, tail, squares ESS) / wall):")
+        runs = gpu(GPU_SMOKE if args.smoke else GPU_SETTINGS, args.device, args.out, names)
+        columns = ["contender", "chains", "wall_s", *FIGURES, "vs numpyro-vectorized"]
+        with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+            print("\n", runs[[c for c in columns if c in runs]].to_string(index=False))
+        print(f"\nwritten to {args.out}/gpu.csv")
+        return
     if args.hard:
         print("hard posteriors (float64):")
         runs = hard(settings, args.device, args.threads, args.out, names)

@@ -62,7 +62,7 @@ def _bayeslib_model(case):
     return models[case](**data(case))
 
 
-def _bayeslib(sampler, case, chains, warmup, draws, seed, device):
+def _bayeslib(sampler, case, chains, warmup, draws, seed, device, cuda_graphs=True):
     import bayeslib as bl
 
     model = _bayeslib_model(case)
@@ -75,12 +75,18 @@ def _bayeslib(sampler, case, chains, warmup, draws, seed, device):
         seed=seed,
         device=device,
         progress=False,
+        cuda_graphs=cuda_graphs,
     )
     return {name: value.numpy() for name, value in post.draws.items()}
 
 
 for _sampler in ("metropolis", "hmc", "nuts"):
     runner(f"bayeslib-{_sampler}", "bayeslib")(lambda *args, _s=_sampler: _bayeslib(_s, *args))
+# On CUDA: every operation launched on its own, as without captured graphs.
+for _sampler in ("hmc", "nuts"):
+    runner(f"bayeslib-{_sampler}-launches", "bayeslib")(
+        lambda *args, _s=_sampler: _bayeslib(_s, *args, cuda_graphs=False)
+    )
 
 
 # ----- NumPyro

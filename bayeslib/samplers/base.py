@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .adaptation import WindowAdaptation
+from .graphs import Graphs
 from .integrators import leapfrog
 from .metrics import DenseMetric, DiagonalMetric, make_metric
 
@@ -40,10 +41,16 @@ class Info(NamedTuple):
 
 class Target(NamedTuple):
     """The batched log density a kernel sees: ``logdensity_and_grad(z) -> (lp, grad)`` and
-    ``logdensity(z) -> lp``, with ``z`` of shape ``[chains, dim]``."""
+    ``logdensity(z) -> lp``, with ``z`` of shape ``[chains, dim]``. ``traced``: the one the
+    kernel calls (the gradient for HMC and NUTS) is straight-line tensor code
+    (`bayeslib.tracing`), which a CUDA graph can capture;
+    ``graphs``: where kernels keep their captured CUDA graphs (`samplers.graphs`), or None
+    to run eagerly."""
 
     logdensity_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]]
     logdensity: Callable[[Tensor], Tensor]
+    traced: bool = False
+    graphs: Graphs | None = None
 
 
 def clean_logdensity(lp: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Hamiltonian Monte Carlo with a jittered trajectory length."""
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -8,6 +9,7 @@ from torch import Tensor
 
 from .adaptation import build_schedule
 from .base import Adaptation, HamiltonianSampler, Info, State, Target, clean_logdensity
+from .graphs import load, run_phase
 from .integrators import leapfrog
 from .metrics import DenseMetric, DiagonalMetric
 from .nuts import nuts_step
@@ -49,7 +51,39 @@ def hmc_step(
     n_steps = torch.ceil((0.5 + uniforms[0]) * trajectory_length / step_size)
     n_steps = n_steps.clamp(1, max_steps).to(torch.int64)
     fewest, most = (int(v) for v in torch.aminmax(n_steps))
+    if target.graphs is not None:
+        z, r, lp, grad, failed = _trajectory_in_graphs(
+            target, state, r0, step_size, metric, n_steps, most
+        )
+    else:
+        z, r, lp, grad, failed = _trajectory(
+            target, state, r0, step_size, metric, n_steps, fewest, most
+        )
 
+    lp = clean_logdensity(torch.where(failed, math.nan, lp))
+    h = metric.kinetic_energy(r) - lp
+    delta = (h - h0).nan_to_num(math.inf)
+    acceptance_rate = torch.exp(-delta).clamp(max=1.0)
+    accept = uniforms[1:] < acceptance_rate
+    accept_col = accept.unsqueeze(-1)
+    new_state = State(
+        torch.where(accept_col, z, z0),
+        torch.where(accept, lp, lp0),
+        torch.where(accept_col, grad, grad0),
+    )
+    info = Info(
+        acceptance_rate=acceptance_rate,
+        diverging=delta > max_delta_energy,
+        energy=torch.where(accept, h, h0),
+        n_steps=n_steps,
+    )
+    return new_state, info
+
+
+def _trajectory(target, state, r0, step_size, metric, n_steps, fewest, most):
+    """Each chain's `n_steps` leapfrog steps from `state` with momentum `r0`: ``(z, r, lp,
+    grad, failed)``."""
+    z0, lp0, grad0 = state
     eps = step_size.unsqueeze(-1)
     z, r, lp, grad = z0, r0, lp0, grad0
     # Chains whose log density came back NaN (the model's code failed there) stop, with zero
@@ -72,25 +106,41 @@ def hmc_step(
         r = torch.where(moving_col, r1, torch.where(failed_col, 0.0, r))
         grad = torch.where(moving_col, g1, torch.where(failed_col, 0.0, grad))
         lp = torch.where(moving, lp1, lp)
+    return z, r, lp, grad, failed
 
-    lp = clean_logdensity(torch.where(failed, math.nan, lp))
-    h = metric.kinetic_energy(r) - lp
-    delta = (h - h0).nan_to_num(math.inf)
-    acceptance_rate = torch.exp(-delta).clamp(max=1.0)
-    accept = uniforms[1:] < acceptance_rate
-    accept_col = accept.unsqueeze(-1)
-    new_state = State(
-        torch.where(accept_col, z, z0),
-        torch.where(accept, lp, lp0),
-        torch.where(accept_col, grad, grad0),
-    )
-    info = Info(
-        acceptance_rate=acceptance_rate,
-        diverging=delta > max_delta_energy,
-        energy=torch.where(accept, h, h0),
-        n_steps=n_steps,
-    )
-    return new_state, info
+
+def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
+    """`_trajectory` as `most` replays of one captured leapfrog step, every step masked (the
+    same values: a chain past its `n_steps`, or failed, keeps its state)."""
+    z0, lp0, grad0 = state
+    graphs = target.graphs
+    values = {"z": z0, "r": r0, "lp": lp0, "grad": grad0, "step_size": step_size}
+    ws = load(graphs, {**values, "metric": metric, "n_steps": n_steps})
+    ws = load(graphs, {**ws, "failed": torch.zeros_like(lp0, dtype=torch.bool)})
+    ws = load(graphs, {**ws, "k": torch.zeros((), dtype=torch.int64, device=z0.device)})
+    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+    for _ in range(most):
+        ws = run_phase(graphs, ("hmc",), step, ws)
+    return tuple(ws[name].clone() for name in ("z", "r", "lp", "grad", "failed"))
+
+
+def _masked_step(ws: dict, logdensity_and_grad) -> dict:
+    """Leapfrog step `k` of every chain still moving; a chain whose log density came back NaN
+    stops, with zero momentum and gradient."""
+    z, r, grad, metric = ws["z"], ws["r"], ws["grad"], ws["metric"]
+    eps = ws["step_size"].unsqueeze(-1)
+    z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
+    failed = ws["failed"] | lp1.isnan()
+    moving = (ws["k"] < ws["n_steps"]) & ~failed
+    moving_col, failed_col = moving.unsqueeze(-1), failed.unsqueeze(-1)
+    return {
+        "z": torch.where(moving_col, z1, z),
+        "r": torch.where(moving_col, r1, torch.where(failed_col, 0.0, r)),
+        "grad": torch.where(moving_col, g1, torch.where(failed_col, 0.0, grad)),
+        "lp": torch.where(moving, lp1, ws["lp"]),
+        "failed": failed,
+        "k": ws["k"] + 1,
+    }
 
 
 class HMC(HamiltonianSampler):

@@ -1,22 +1,24 @@
 """Euclidean metrics: the kinetic energy of HMC and NUTS, batched over chains.
 
 A metric holds one inverse mass matrix per chain: ``[chains, dim]`` (diagonal) or
-``[chains, dim, dim]`` (dense). Momentum ``r ~ N(0, M)``, velocity ``M^-1 r``,
-kinetic energy ``r . M^-1 r / 2``.
+``[chains, dim, dim]`` (dense), and the factor that draws momenta from it. Momentum
+``r ~ N(0, M)``, velocity ``M^-1 r``, kinetic energy ``r . M^-1 r / 2``. Metrics are tuples of
+tensors (made by `make_metric`), so that a kernel can pass one along like any other state.
 """
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 
-class DiagonalMetric:
-    def __init__(self, inverse_mass_matrix: Tensor):
-        self.inverse_mass_matrix = inverse_mass_matrix
-        self._momentum_scale = inverse_mass_matrix.rsqrt()
+class DiagonalMetric(NamedTuple):
+    inverse_mass_matrix: Tensor
+    momentum_scale: Tensor  # M^1/2 (diagonal)
 
     def sample_momentum(self, generator: torch.Generator, like: Tensor) -> Tensor:
         noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-        return noise * self._momentum_scale
+        return noise * self.momentum_scale
 
     def velocity(self, r: Tensor) -> Tensor:
         return self.inverse_mass_matrix * r
@@ -25,19 +27,13 @@ class DiagonalMetric:
         return 0.5 * torch.linalg.vecdot(r, self.velocity(r))
 
 
-class DenseMetric:
-    def __init__(self, inverse_mass_matrix: Tensor):
-        self.inverse_mass_matrix = inverse_mass_matrix
-        # With M^-1 = L L^T, r = L^-T xi has covariance M.
-        chol = torch.linalg.cholesky(inverse_mass_matrix)
-        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-        self._momentum_transform = torch.linalg.solve_triangular(
-            chol.mT, eye.expand_as(chol), upper=True
-        )
+class DenseMetric(NamedTuple):
+    inverse_mass_matrix: Tensor
+    momentum_transform: Tensor  # L^-T, with M^-1 = L L^T: r = L^-T xi has covariance M
 
     def sample_momentum(self, generator: torch.Generator, like: Tensor) -> Tensor:
         noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-        return (self._momentum_transform @ noise.unsqueeze(-1)).squeeze(-1)
+        return (self.momentum_transform @ noise.unsqueeze(-1)).squeeze(-1)
 
     def velocity(self, r: Tensor) -> Tensor:
         return (self.inverse_mass_matrix @ r.unsqueeze(-1)).squeeze(-1)
@@ -58,8 +54,11 @@ def is_turning(
     return torch.minimum(torch.linalg.vecdot(v_left, rho), torch.linalg.vecdot(v_right, rho)) <= 0
 
 
-def make_metric(inverse_mass_matrix: Tensor):
+def make_metric(inverse_mass_matrix: Tensor) -> DiagonalMetric | DenseMetric:
     """A diagonal metric for ``[..., dim]``, a dense one for ``[..., dim, dim]``."""
     if inverse_mass_matrix.dim() >= 3:
-        return DenseMetric(inverse_mass_matrix)
-    return DiagonalMetric(inverse_mass_matrix)
+        chol = torch.linalg.cholesky(inverse_mass_matrix)
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+        transform = torch.linalg.solve_triangular(chol.mT, eye.expand_as(chol), upper=True)
+        return DenseMetric(inverse_mass_matrix, transform)
+    return DiagonalMetric(inverse_mass_matrix, inverse_mass_matrix.rsqrt())

@@ -10,12 +10,14 @@ checkpoints of momenta and momentum sums indexed by the leaf number's bits (as N
 indices are plain Python integers.
 """
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
 from .base import HamiltonianParams, HamiltonianSampler, Info, State, Target
+from .graphs import load, run_phase
 from .integrators import leapfrog
 from .metrics import is_turning
 
@@ -41,149 +43,196 @@ def nuts_step(
     """One NUTS transition for every chain; ``step_size`` is ``[chains]``.
 
     A leaf's log weight is ``H0 - H`` (NaN counts as -inf); the leaf diverges when it is
-    below ``-max_delta_energy``.
+    below ``-max_delta_energy``. Each doubling is one phase (`graphs.run_phase`): on CUDA,
+    with ``target.graphs``, a captured graph per depth.
     """
     z0, lp0, grad0 = state
-    chains, dim = z0.shape
+    chains = z0.shape[0]
     dtype, device = z0.dtype, z0.device
-    logdensity_and_grad = target.logdensity_and_grad
-    inf = math.inf
-
+    graphs = target.graphs
     r0 = metric.sample_momentum(generator, z0)
-    h0 = metric.kinetic_energy(r0) - lp0
     # Per doubling: direction, and the uniform for moving the proposal into the new sub-tree.
     uniforms = torch.rand(
         2, max_tree_depth, chains, generator=generator, dtype=dtype, device=device
     )
-    go_right = uniforms[0] < 0.5
-    log_u_tree = uniforms[1].log()
-    # Checkpoints of momentum, velocity and momentum sum at even leaves of a sub-tree.
-    r_ckpts = z0.new_empty(max_tree_depth, chains, dim)
-    v_ckpts = z0.new_empty(max_tree_depth, chains, dim)
-    r_sum_ckpts = z0.new_empty(max_tree_depth, chains, dim)
-    # Per leaf of the current sub-tree: its log weight, and whether its chain was active.
-    leaf_log_weights = z0.new_empty(2 ** (max_tree_depth - 1), chains)
-    leaf_active = torch.empty(2 ** (max_tree_depth - 1), chains, dtype=torch.bool, device=device)
+    ws = load(graphs, {"z0": z0, "lp0": lp0, "grad0": grad0, "r0": r0, "uniforms": uniforms})
+    ws = load(graphs, {**ws, "step_size": step_size, "metric": metric})
+    for d in range(max_tree_depth):
+        # Per leaf: -log u for taking it as the sub-tree's proposal.
+        neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
+        ws = load(graphs, {**ws, f"neg_log_u{d}": neg_log_u.exponential_(generator=generator)})
+        doubling = functools.partial(
+            _doubling,
+            d=d,
+            logdensity_and_grad=target.logdensity_and_grad,
+            max_delta_energy=max_delta_energy,
+        )
+        ws = run_phase(graphs, ("nuts", d, max_delta_energy), doubling, ws)
+        if not bool(ws["active"].any()):
+            break
 
-    z_left = z_right = z0
-    r_left = r_right = r0
-    g_left = g_right = grad0
-    z_prop, lp_prop, g_prop = z0, lp0, grad0
-    prop_log_weight = torch.zeros_like(lp0)
-    log_weight = torch.zeros_like(lp0)
-    r_sum = r0
-    active = torch.ones(chains, dtype=torch.bool, device=device)
-    diverging = torch.zeros_like(active)
-    depth = torch.zeros(chains, dtype=torch.int64, device=device)
-    n_steps = torch.zeros_like(depth)
-    sum_accept = torch.zeros_like(lp0)
+    # Graphs write into the same tensors again at the next transition.
+    out = (lambda t: t) if graphs is None else torch.clone
+    info = Info(
+        acceptance_rate=ws["sum_accept"] / ws["n_steps"],
+        diverging=out(ws["diverging"]),
+        energy=ws["h0"] - ws["prop_log_weight"],
+        n_steps=out(ws["n_steps"]),
+        tree_depth=out(ws["depth"]),
+    )
+    return State(out(ws["z_prop"]), out(ws["lp_prop"]), out(ws["g_prop"])), info
+
+
+def _start(ws: dict) -> dict:
+    """The tree of one leaf, the current state."""
+    z0, lp0, grad0, r0 = ws["z0"], ws["lp0"], ws["grad0"], ws["r0"]
+    active = torch.ones_like(lp0, dtype=torch.bool)
+    depth = torch.zeros_like(lp0, dtype=torch.int64)
+    return {
+        "h0": ws["metric"].kinetic_energy(r0) - lp0,
+        "z_left": z0,
+        "r_left": r0,
+        "g_left": grad0,
+        "z_right": z0,
+        "r_right": r0,
+        "g_right": grad0,
+        "z_prop": z0,
+        "lp_prop": lp0,
+        "g_prop": grad0,
+        "prop_log_weight": torch.zeros_like(lp0),
+        "log_weight": torch.zeros_like(lp0),
+        "r_sum": r0,
+        "active": active,
+        "diverging": torch.zeros_like(active),
+        "depth": depth,
+        "n_steps": torch.zeros_like(depth),
+        "sum_accept": torch.zeros_like(lp0),
+    }
+
+
+def _doubling(ws: dict, d: int, logdensity_and_grad, max_delta_energy: float) -> dict:
+    """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
+    chain's direction, joined to the tree unless it turned or diverged."""
+    if d == 0:
+        ws = {**ws, **_start(ws)}
+    metric, h0, lp0 = ws["metric"], ws["h0"], ws["lp0"]
+    chains, dim = ws["z0"].shape
+    inf = math.inf
+    active = ws["active"]
+    right = ws["uniforms"][0, d] < 0.5
+    right_col = right.unsqueeze(-1)
+    eps = torch.where(right, ws["step_size"], -ws["step_size"]).unsqueeze(-1)
+    z = torch.where(right_col, ws["z_right"], ws["z_left"])
+    # A chain that is done waits with zero momentum and gradient, so that its leapfrog
+    # steps stay where its log density was already evaluated: no needless evaluation
+    # (which could raise, or be NaN) past the end of its trajectory.
+    active_col = active.unsqueeze(-1)
+    r = torch.where(active_col, torch.where(right_col, ws["r_right"], ws["r_left"]), 0.0)
+    grad = torch.where(active_col, torch.where(right_col, ws["g_right"], ws["g_left"]), 0.0)
+    # Checkpoints of momentum, velocity and momentum sum at even leaves of the sub-tree
+    # (`checkpoint_indices` of its leaves stay below d).
+    r_ckpts = z.new_empty(max(1, d), chains, dim)
+    v_ckpts = z.new_empty(max(1, d), chains, dim)
+    r_sum_ckpts = z.new_empty(max(1, d), chains, dim)
+    # Per leaf of the sub-tree: its log weight, and whether its chain was active.
+    n_leaves = 2**d
+    leaf_log_weights = z.new_empty(n_leaves, chains)
+    leaf_active = torch.empty(n_leaves, chains, dtype=torch.bool, device=z.device)
+    neg_log_u = ws[f"neg_log_u{d}"]
     # Stopping a sub-tree as soon as every chain has left it costs a device sync per leaf:
     # cheap on the CPU, where small batches often all stop early; on a GPU only the
     # doublings sync.
-    sync_each_leaf = device.type == "cpu"
+    sync_each_leaf = z.device.type == "cpu"
 
-    for d in range(max_tree_depth):
-        right = go_right[d]
-        right_col = right.unsqueeze(-1)
-        eps = torch.where(right, step_size, -step_size).unsqueeze(-1)
-        z = torch.where(right_col, z_right, z_left)
-        # A chain that is done waits with zero momentum and gradient, so that its leapfrog
-        # steps stay where its log density was already evaluated: no needless evaluation
-        # (which could raise, or be NaN) past the end of its trajectory.
-        active_col = active.unsqueeze(-1)
-        r = torch.where(active_col, torch.where(right_col, r_right, r_left), 0.0)
-        grad = torch.where(active_col, torch.where(right_col, g_right, g_left), 0.0)
+    # The new sub-tree, its proposal drawn in proportion to the weights.
+    sub_log_weight = torch.full_like(lp0, -inf)
+    sub_z, sub_lp, sub_g, sub_prop_log_weight = z, lp0, grad, ws["prop_log_weight"]
+    sub_r_sum = torch.zeros_like(r)
+    sub_active = active
+    for n in range(n_leaves):
+        z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
+        v1 = metric.velocity(r1)
+        leaf_log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
+        leaf_log_weight = leaf_log_weight.nan_to_num(-inf, posinf=-inf)
+        leaf_log_weights[n] = leaf_log_weight
+        leaf_active[n] = sub_active
 
-        # The new sub-tree of 2**d leaves, its proposal drawn in proportion to the weights.
-        n_leaves = 2**d
-        sub_log_weight = torch.full_like(lp0, -inf)
-        sub_z, sub_lp, sub_g, sub_prop_log_weight = z, lp0, grad, prop_log_weight
-        sub_r_sum = torch.zeros_like(r0)
-        sub_active = active
-        for n in range(n_leaves):
-            z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
-            v1 = metric.velocity(r1)
-            leaf_log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
-            leaf_log_weight = leaf_log_weight.nan_to_num(-inf, posinf=-inf)
-            leaf_log_weights[n] = leaf_log_weight
-            leaf_active[n] = sub_active
+        new_log_weight = torch.logaddexp(sub_log_weight, leaf_log_weight)
+        # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
+        take = sub_active & (neg_log_u[n] > new_log_weight - leaf_log_weight)
+        take_col = take.unsqueeze(-1)
+        sub_z = torch.where(take_col, z1, sub_z)
+        sub_g = torch.where(take_col, g1, sub_g)
+        sub_lp = torch.where(take, lp1, sub_lp)
+        sub_prop_log_weight = torch.where(take, leaf_log_weight, sub_prop_log_weight)
+        sub_log_weight = new_log_weight
+        sub_r_sum = sub_r_sum + r1
 
-            new_log_weight = torch.logaddexp(sub_log_weight, leaf_log_weight)
-            # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
-            neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
-            take = sub_active & (neg_log_u > new_log_weight - leaf_log_weight)
-            take_col = take.unsqueeze(-1)
-            sub_z = torch.where(take_col, z1, sub_z)
-            sub_g = torch.where(take_col, g1, sub_g)
-            sub_lp = torch.where(take, lp1, sub_lp)
-            sub_prop_log_weight = torch.where(take, leaf_log_weight, sub_prop_log_weight)
-            sub_log_weight = new_log_weight
-            sub_r_sum = sub_r_sum + r1
-
-            stop = leaf_log_weight < -max_delta_energy
-            idx_min, idx_max = checkpoint_indices(n)
-            if n % 2 == 0:
-                r_ckpts[idx_max] = r1
-                v_ckpts[idx_max] = v1
-                r_sum_ckpts[idx_max] = sub_r_sum
-            else:
-                r_start = r_ckpts[idx_min : idx_max + 1]
-                span_sum = sub_r_sum - r_sum_ckpts[idx_min : idx_max + 1] + r_start
-                turning = is_turning(v_ckpts[idx_min : idx_max + 1], v1, r_start, r1, span_sum)
-                stop = stop | turning.any(0)
-            sub_active = sub_active & ~stop
-            active_col = sub_active.unsqueeze(-1)
-            z = torch.where(active_col, z1, z)
-            r = torch.where(active_col, r1, 0.0)
-            grad = torch.where(active_col, g1, 0.0)
-            if sync_each_leaf and n + 1 < n_leaves and not bool(sub_active.any()):
-                break
-
-        built = n + 1
-        was_active = leaf_active[:built]
-        built_log_weights = leaf_log_weights[:built]
-        # Clamped below so that exp stays off the slow path of subnormal results; a leaf
-        # that far out adds under 1e-17 to the statistic.
-        sum_accept += (built_log_weights.clamp(-40.0, 0.0).exp() * was_active).sum(0)
-        n_steps += was_active.sum(0)
-        diverging |= ((built_log_weights < -max_delta_energy) & was_active).any(0)
-        # A chain's sub-tree is complete when it was active to its last leaf.
-        complete = sub_active
-
-        # Join the sub-tree to the tree: move the proposal into it with probability
-        # min(1, w_sub / w_tree), unless it turned or diverged (biased progressive sampling).
-        accept = complete & (log_u_tree[d] < sub_log_weight - log_weight)
-        accept_col = accept.unsqueeze(-1)
-        z_prop = torch.where(accept_col, sub_z, z_prop)
-        g_prop = torch.where(accept_col, sub_g, g_prop)
-        lp_prop = torch.where(accept, sub_lp, lp_prop)
-        prop_log_weight = torch.where(accept, sub_prop_log_weight, prop_log_weight)
-
-        depth += active
-        log_weight = torch.logaddexp(log_weight, sub_log_weight)
-        r_sum = r_sum + sub_r_sum
-        grow_right = (complete & right).unsqueeze(-1)
-        grow_left = (complete & ~right).unsqueeze(-1)
-        z_right = torch.where(grow_right, z, z_right)
-        r_right = torch.where(grow_right, r, r_right)
-        g_right = torch.where(grow_right, grad, g_right)
-        z_left = torch.where(grow_left, z, z_left)
-        r_left = torch.where(grow_left, r, r_left)
-        g_left = torch.where(grow_left, grad, g_left)
-        active = complete & ~is_turning(
-            metric.velocity(r_left), metric.velocity(r_right), r_left, r_right, r_sum
-        )
-        if not bool(active.any()):
+        stop = leaf_log_weight < -max_delta_energy
+        idx_min, idx_max = checkpoint_indices(n)
+        if n % 2 == 0:
+            r_ckpts[idx_max] = r1
+            v_ckpts[idx_max] = v1
+            r_sum_ckpts[idx_max] = sub_r_sum
+        else:
+            r_start = r_ckpts[idx_min : idx_max + 1]
+            span_sum = sub_r_sum - r_sum_ckpts[idx_min : idx_max + 1] + r_start
+            turning = is_turning(v_ckpts[idx_min : idx_max + 1], v1, r_start, r1, span_sum)
+            stop = stop | turning.any(0)
+        sub_active = sub_active & ~stop
+        active_col = sub_active.unsqueeze(-1)
+        z = torch.where(active_col, z1, z)
+        r = torch.where(active_col, r1, 0.0)
+        grad = torch.where(active_col, g1, 0.0)
+        if sync_each_leaf and n + 1 < n_leaves and not bool(sub_active.any()):
             break
 
-    info = Info(
-        acceptance_rate=sum_accept / n_steps,
-        diverging=diverging,
-        energy=h0 - prop_log_weight,
-        n_steps=n_steps,
-        tree_depth=depth,
+    built = n + 1
+    was_active = leaf_active[:built]
+    built_log_weights = leaf_log_weights[:built]
+    # Clamped below so that exp stays off the slow path of subnormal results; a leaf
+    # that far out adds under 1e-17 to the statistic.
+    sum_accept = ws["sum_accept"] + (built_log_weights.clamp(-40.0, 0.0).exp() * was_active).sum(0)
+    n_steps = ws["n_steps"] + was_active.sum(0)
+    diverging = ws["diverging"] | ((built_log_weights < -max_delta_energy) & was_active).any(0)
+    # A chain's sub-tree is complete when it was active to its last leaf.
+    complete = sub_active
+
+    # Join the sub-tree to the tree: move the proposal into it with probability
+    # min(1, w_sub / w_tree), unless it turned or diverged (biased progressive sampling).
+    accept = complete & (ws["uniforms"][1, d].log() < sub_log_weight - ws["log_weight"])
+    accept_col = accept.unsqueeze(-1)
+    grow_right = (complete & right).unsqueeze(-1)
+    grow_left = (complete & ~right).unsqueeze(-1)
+    new = {
+        "z_prop": torch.where(accept_col, sub_z, ws["z_prop"]),
+        "g_prop": torch.where(accept_col, sub_g, ws["g_prop"]),
+        "lp_prop": torch.where(accept, sub_lp, ws["lp_prop"]),
+        "prop_log_weight": torch.where(accept, sub_prop_log_weight, ws["prop_log_weight"]),
+        "depth": ws["depth"] + active,
+        "log_weight": torch.logaddexp(ws["log_weight"], sub_log_weight),
+        "r_sum": ws["r_sum"] + sub_r_sum,
+        "z_right": torch.where(grow_right, z, ws["z_right"]),
+        "r_right": torch.where(grow_right, r, ws["r_right"]),
+        "g_right": torch.where(grow_right, grad, ws["g_right"]),
+        "z_left": torch.where(grow_left, z, ws["z_left"]),
+        "r_left": torch.where(grow_left, r, ws["r_left"]),
+        "g_left": torch.where(grow_left, grad, ws["g_left"]),
+        "sum_accept": sum_accept,
+        "n_steps": n_steps,
+        "diverging": diverging,
+    }
+    turned = is_turning(
+        metric.velocity(new["r_left"]),
+        metric.velocity(new["r_right"]),
+        new["r_left"],
+        new["r_right"],
+        new["r_sum"],
     )
-    return State(z_prop, lp_prop, g_prop), info
+    new["active"] = complete & ~turned
+    if d == 0:
+        new["h0"] = h0
+    return new
 
 
 class NUTS(HamiltonianSampler):
