@@ -405,6 +405,8 @@ def simplify(graph_module: GraphModule, values: dict) -> None:
     _transposed_products(graph_module, values)
     _drop_identities(graph, values)
     _elementwise_before_broadcast(graph_module, values)
+    _scalings_folded(graph_module, values)
+    _sums_of_broadcasts(graph_module, values)
     _share_repeated(graph)
     graph.eliminate_dead_code()
     graph.lint()
@@ -675,6 +677,188 @@ def _compact(graph_module: GraphModule, node: Node, ndim: int, values: dict):
         if small.shape != value.shape:
             return _constant(graph_module, small.contiguous(), values)
     return node
+
+
+# ----- fewer passes over the data: scalings folded, sums taken before broadcasts
+
+_SCALINGS = {_aten.mul.Tensor, _aten.mul.Scalar, _aten.div.Tensor, _aten.div.Scalar}
+_SHIFTS = {_aten.add.Tensor: 1, _aten.sub.Tensor: -1}
+
+
+def _scaling(graph_module: GraphModule, node: Node, values: dict):
+    """`node` as `(base, factor)` with `node = base * factor`, where `factor` (a number, or a
+    node of `base`'s number of dimensions) has fewer elements than `node`: a per-chain scale
+    applied to the data. None for anything else."""
+    if not _is_op(node) or node.kwargs or not _floating(values[node]):
+        return None
+    out = values[node]
+    if node.target is _aten.neg.default:
+        return node.args[0], -1.0
+    if node.target not in _SCALINGS or len(node.args) != 2:
+        return None
+    a, b = node.args
+    divide = node.target in (_aten.div.Tensor, _aten.div.Scalar)
+    for base, factor in ((a, b), (b, a)) if not divide else ((a, b),):
+        if not isinstance(base, Node) or values[base].shape != out.shape:
+            continue
+        if isinstance(factor, int | float) and not isinstance(factor, bool):
+            return base, (1.0 / factor if divide else float(factor))
+        small = _broadcast_view(graph_module, factor, out.ndim, values)
+        if small is None or values[small].numel() >= out.numel():
+            continue
+        if divide:
+            small = _new(graph_module.graph, values, _aten.reciprocal.default, (small,))
+        return base, small
+    return None
+
+
+def _broadcast_view(graph_module: GraphModule, node, ndim: int, values: dict):
+    """`node` viewed with `ndim` dimensions, of size 1 where it is broadcast; None for a
+    non-tensor or another dtype than floating point."""
+    if not isinstance(node, Node) or not _floating(values[node]):
+        return None
+    compact = _compact(graph_module, node, ndim, values)
+    shape = values[compact].shape
+    if len(shape) == ndim:
+        return compact
+    return _new(
+        graph_module.graph,
+        values,
+        _aten.view.default,
+        (compact, [1] * (ndim - len(shape)) + [*shape]),
+    )
+
+
+def _floating(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _times(graph, values: dict, a, b):
+    """a * b for numbers and nodes."""
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        return a * b
+    if not isinstance(a, Node):
+        a, b = b, a
+    return _new(graph, values, _aten.mul.Tensor, (a, b))
+
+
+def _scalings_folded(graph_module: GraphModule, values: dict) -> None:
+    """Replace a scaling of a scaling of the data (`-(2 * (r * s))`, `x / (2 sigma^2) * g`,
+    with per-chain `s`, `sigma`, `g`) by one: `r * (-2 * s)`, the factors multiplied on their
+    small tensors: one pass over the data instead of several (where the inner result has no
+    other use). The same numbers up to rounding."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not node.users or not _large(values.get(node)):
+            continue
+        with graph.inserting_before(node):
+            folded = _scalings_of_scaling(graph_module, node, values)
+        if folded is not None:
+            node.replace_all_uses_with(folded)
+        graph.eliminate_dead_code()
+
+
+def _scalings_of_scaling(graph_module: GraphModule, node: Node, values: dict):
+    """`node`, a scaling of a scaling used nowhere else, as one scaling; None otherwise."""
+    outer = _scaling(graph_module, node, values)
+    if outer is None or len(outer[0].users) != 1:
+        return None
+    inner = _scaling(graph_module, outer[0], values)
+    if inner is None:
+        return None
+    graph = graph_module.graph
+    folded = _times(graph, values, inner[0], _times(graph, values, inner[1], outer[1]))
+    if values[folded].shape != values[node].shape or values[folded].dtype != values[node].dtype:
+        return None
+    return folded
+
+
+# Elements below which a pass over a tensor costs about what the small operations that save it
+# cost (a few microseconds each, on the CPU): smaller tensors are left as traced.
+LARGE = 4096
+
+
+def _large(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() >= LARGE
+
+
+def _sums_of_broadcasts(graph_module: GraphModule, values: dict) -> None:
+    """Sum before shifting or scaling by per-chain values: `sum(x - c)` over rows is
+    `sum(x) - rows * c`, `sum(x * s)` is `sum(x) * s`, for `c`, `s` the same along the summed
+    dimensions. A log likelihood's `sum(-(y - mu)^2 / (2 sigma^2) - log(sigma) - 0.919)` and
+    the gradient terms of `sigma` then pass over the data once, in one `sum` they share. The
+    same numbers up to rounding (the tracer compares the result with the model's own)."""
+    graph = graph_module.graph
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node.target is not _aten.sum.dim_IntList:
+                continue
+            with graph.inserting_before(node):
+                moved = _sum_moved_in(graph_module, node, values)
+            if moved is not None:
+                node.replace_all_uses_with(moved)
+                graph.erase_node(node)
+                changed = True
+        graph.eliminate_dead_code()
+
+
+def _sum_moved_in(graph_module: GraphModule, node: Node, values: dict):
+    """`node` (a sum over some dimensions) with the sum taken before its input's last shift
+    or scaling by values constant along the summed dimensions; None where there is none."""
+    if node.kwargs or len(node.args) < 2 or not _floating(values[node]):
+        return None
+    x, dims = node.args[0], node.args[1]
+    keepdim = node.args[2] if len(node.args) > 2 else False
+    if not isinstance(x, Node) or not dims or not _floating(values[x]) or not _large(values[x]):
+        return None
+    graph, big = graph_module.graph, values[x]
+    dims = sorted(d % big.ndim for d in dims)
+    count = math.prod(big.shape[d] for d in dims)
+
+    def summed(n):
+        return _new(graph, values, _aten.sum.dim_IntList, (n, dims, keepdim))
+
+    def constant_along(term):
+        """`term` summed over `dims` (`count` times it), or None where it varies along them."""
+        if isinstance(term, int | float) and not isinstance(term, bool):
+            return term * count
+        small = _broadcast_view(graph_module, term, big.ndim, values)
+        if small is None or any(values[small].shape[d] != 1 for d in dims):
+            return None
+        return _times(graph, values, summed(small), float(count))
+
+    result = None
+    scaling = _scaling(graph_module, x, values)
+    if scaling is not None:
+        base, factor = scaling
+        if isinstance(factor, Node):
+            if any(values[factor].shape[d] != 1 for d in dims):
+                return None
+            factor = summed(factor)  # of size 1 along the summed dimensions: the same values
+        result = _times(graph, values, summed(base), factor)
+    elif _is_op(x) and x.target in _SHIFTS and len(x.args) == 2 and not x.kwargs:
+        a, b = x.args
+        sign = _SHIFTS[x.target]
+        if isinstance(a, Node) and values[a].shape == big.shape:
+            shift = constant_along(b)
+            if shift is not None:
+                shift = _times(graph, values, shift, float(sign))
+                result = _new(graph, values, _aten.add.Tensor, (summed(a), shift))
+        if result is None and isinstance(b, Node) and values[b].shape == big.shape:
+            shift = constant_along(a)
+            if shift is not None:
+                part = (
+                    summed(b) if sign > 0 else _new(graph, values, _aten.neg.default, (summed(b),))
+                )
+                result = _new(graph, values, _aten.add.Tensor, (part, shift))
+    if result is None or not isinstance(result, Node):
+        return None
+    out = values[node]
+    if values[result].shape != out.shape or values[result].dtype != out.dtype:
+        return None
+    return result
 
 
 def _drop_identities(graph, values: dict) -> None:

@@ -659,6 +659,77 @@ def test_elementwise_work_on_a_broadcast_runs_once_per_chain():
     torch.testing.assert_close(trace(fn, Z)(2 * Z), fn(2 * Z), rtol=0, atol=0)
 
 
+def passes_over(graph_module, values, numel) -> list[str]:
+    """The operations whose result has `numel` elements or more: passes over the data."""
+    return [
+        op_name(node.target)
+        for node in graph_module.graph.nodes
+        if _is_op(node) and isinstance(values[node], torch.Tensor) and values[node].numel() >= numel
+    ]
+
+
+@pytest.mark.parametrize("chains", [1, 4])
+def test_a_normal_likelihood_passes_over_the_data_three_times(chains):
+    """`Normal(X @ beta, sigma)` over 5000 rows: as recorded, 13 elementwise passes over the
+    rows (forward and gradient). With scalings folded and sums taken before per-chain shifts
+    and scales, three remain (the residual, its square, the residual scaled for the gradient
+    of beta), besides the two matrix products; the values are the model's."""
+    model = LinearRegression(*correlated_regression())
+    z = random_z(model, chains, seed=6)
+    graph_module, values = recorded(lambda z: model.logdensity_and_grad(z), z)
+    rows = chains * 5000
+    assert len(passes_over(graph_module, values, rows)) > 10
+    simplify(graph_module, values)
+    values = _values(graph_module, (z,))
+    assert sorted(passes_over(graph_module, values, rows)) == ["mm", "mul", "pow", "sub"]
+    traced = trace_logdensity(model, z)
+    for point in (z, _nearby(z, 0.1)):
+        lp, grad = model.logdensity_and_grad(point)
+        got_lp, got_grad = traced(point)
+        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+
+
+def test_sums_before_shifts_keep_their_accuracy_on_offset_data():
+    """`sum(y - mu)` over rows becomes `sum(y) - rows * mu`; on data far from zero (mean 1e6,
+    sd 1), the gradient of mu still agrees with the model's to 1e-9 of its scale."""
+
+    class Offset(bl.Model):
+        mu = bl.Param(Normal(1e6, 10.0))
+        sigma = bl.Param(HalfNormal(2.0))
+
+        def __init__(self, y):
+            super().__init__(y=y)
+
+        def observe(self, p):
+            return {"y": Normal(p.mu, p.sigma)}
+
+    y = 1e6 + torch.randn(5000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model = Offset(y)
+    z = torch.tensor([[1e6 + 0.01, 0.0], [1e6 - 0.02, 0.1]], dtype=torch.float64)
+    graph_module, values = recorded(lambda z: model.logdensity_and_grad(z), z)
+    simplify(graph_module, values)
+    assert len(passes_over(graph_module, _values(graph_module, (z,)), 10000)) <= 3
+    traced = trace_logdensity(model, z)
+    for point in (z, _nearby(z, 0.1)):
+        lp, grad = model.logdensity_and_grad(point)
+        got_lp, got_grad = traced(point)
+        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
+        scale = 5000**0.5  # the gradient's spread over the posterior: sqrt(rows) / sigma
+        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-9 * scale)
+
+
+def test_small_tensors_are_left_as_traced():
+    """Below `LARGE` elements a pass costs about what the small operations that replace it
+    cost: Best's 4 chains of about 20 rows keep their traced operations."""
+    model = Best.simulate(seed=0)[0]
+    z = random_z(model, 4, seed=7)
+    graph_module, values = recorded(lambda z: model.logdensity_and_grad(z), z)
+    before = op_names(graph_module)
+    simplify(graph_module, values)
+    assert "reciprocal" not in op_names(graph_module) and "reciprocal" not in before
+
+
 def test_many_chains_of_a_data_heavy_model_run_in_chunks():
     """A chain's intermediate results here are 5000 rows: 256 chains run in chunks that fit a
     core's cache, with the model's values; 4 chains run at once."""
