@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from benchmarks.__main__ import main
+from benchmarks.__main__ import GPU_SMOKE, gpu, main
 from benchmarks.cases import data
 
 pytestmark = pytest.mark.slow  # runs the real pipeline / server / scripts
@@ -81,3 +81,15 @@ def test_smoke_benchmark_of_the_hard_posteriors(tmp_path):
     metropolis = runs.contender == "bayeslib-metropolis"
     assert runs.max_r_hat_nested[metropolis].notna().all()
     assert runs.max_r_hat_nested[~metropolis].isna().all()
+
+
+def test_gpu_study_harness(tmp_path):
+    """`--device cuda`'s study, run here on the CPU at its smoke size: one row per contender
+    and chain count with the min-of-three figures; without CUDA, graphs or not give the same
+    draws, so the same figures."""
+    gpu(GPU_SMOKE, "cpu", tmp_path, ["bayeslib-nuts", "bayeslib-nuts-launches"])
+    runs = pd.read_csv(tmp_path / "gpu.csv")
+    assert list(runs.contender) == ["bayeslib-nuts", "bayeslib-nuts-launches"]
+    assert list(runs.chains) == GPU_SMOKE["chains"] * 2
+    assert_min_ess_figures(runs)
+    assert runs.min_ess_bulk.nunique() == 1 and runs.min_ess_sq.nunique() == 1
