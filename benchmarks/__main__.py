@@ -257,6 +257,7 @@ def gpu(settings, device, out, names):
             row = {"contender": name, "chains": chains, "wall_s": wall, **figures}
             rows.append({**row, "min_ess_per_s": figures["min_ess"] / wall, "peak_mib": peak})
             print(f"  {name:24s} chains {chains:6d}  {report(wall, figures)}", flush=True)
+            pd.DataFrame(rows).to_csv(out / "gpu.csv", index=False)  # kept if the study is cut
     runs = pd.DataFrame(rows)
     if len(runs):
         peer = runs[runs.contender == "numpyro-vectorized"].set_index("chains").min_ess_per_s
