@@ -51,32 +51,44 @@ def run_phase(graphs: Graphs | None, key, phase, ws: dict) -> dict:
     if graphs is None:
         return {**ws, **phase(ws)}
     graph = graphs.captured.get(key)
-    if graph is not None:
-        graph.replay()
-        return ws
-    if key in graphs.captured:  # seen once: capture it now
-        graph = torch.cuda.CUDAGraph()
-        if graphs.pool is None:
-            graphs.pool = torch.cuda.graph_pool_handle()
-        try:
-            with torch.cuda.graph(graph, pool=graphs.pool):
-                _store(ws, phase(ws))
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"capturing the sampler's step as a CUDA graph failed ({error}); sample with "
-                "cuda_graphs=False to run it without graphs"
-            ) from error
-        graphs.captured[key] = graph
-        graph.replay()
-        return ws
-    # First time: eagerly, on a side stream, as PyTorch asks before a capture.
+    if graph is None:
+
+        def step():
+            _store(ws, phase(ws))
+
+        if key in graphs.captured:  # seen once: capture it now
+            graph = graphs.captured[key] = capture(step, graphs)
+        else:
+            warm_up(step)
+            graphs.captured[key] = None
+            return ws
+    graph.replay()
+    return ws
+
+
+def warm_up(step) -> None:
+    """`step` run once eagerly, on a side stream, as PyTorch asks before a capture."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        _store(ws, phase(ws))
+        step()
     torch.cuda.current_stream().wait_stream(side)
-    graphs.captured[key] = None
-    return ws
+
+
+def capture(step, graphs: Graphs):
+    """`step` captured as a CUDA graph (not run: `replay` runs it)."""
+    graph = torch.cuda.CUDAGraph()
+    if graphs.pool is None:
+        graphs.pool = torch.cuda.graph_pool_handle()
+    try:
+        with torch.cuda.graph(graph, pool=graphs.pool):
+            step()
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"capturing the sampler's step as a CUDA graph failed ({error}); sample with "
+            "cuda_graphs=False to run it without graphs"
+        ) from error
+    return graph
 
 
 def _store(ws: dict, new: dict) -> None:

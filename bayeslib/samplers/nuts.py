@@ -57,15 +57,20 @@ def nuts_step(
     )
     ws = load(graphs, {"z0": z0, "lp0": lp0, "grad0": grad0, "r0": r0, "uniforms": uniforms})
     ws = load(graphs, {**ws, "step_size": step_size, "metric": metric})
+    # Per leaf, -log u for taking it as its sub-tree's proposal. On the CPU each leaf draws its
+    # own (a sub-tree that every chain has left draws no more); off it, a graph cannot draw
+    # from the generator, so each doubling's are drawn before it, with or without graphs.
+    leaf_generator = generator if draws_each_leaf(device) else None
     for d in range(max_tree_depth):
-        # Per leaf: -log u for taking it as the sub-tree's proposal.
-        neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
-        ws = load(graphs, {**ws, f"neg_log_u{d}": neg_log_u.exponential_(generator=generator)})
+        if leaf_generator is None:
+            neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
+            ws = load(graphs, {**ws, f"neg_log_u{d}": neg_log_u.exponential_(generator=generator)})
         doubling = functools.partial(
             _doubling,
             d=d,
             logdensity_and_grad=target.logdensity_and_grad,
             max_delta_energy=max_delta_energy,
+            generator=leaf_generator,
         )
         ws = run_phase(graphs, ("nuts", d, max_delta_energy), doubling, ws)
         if not bool(ws["active"].any()):
@@ -81,6 +86,12 @@ def nuts_step(
         tree_depth=out(ws["depth"]),
     )
     return State(out(ws["z_prop"]), out(ws["lp_prop"]), out(ws["g_prop"])), info
+
+
+def draws_each_leaf(device: torch.device) -> bool:
+    """Whether each NUTS leaf draws its own uniform (on the CPU), or each doubling draws its
+    leaves' before it runs (off the CPU, where the doubling may be a captured graph)."""
+    return device.type == "cpu"
 
 
 def _start(ws: dict) -> dict:
@@ -110,9 +121,12 @@ def _start(ws: dict) -> dict:
     }
 
 
-def _doubling(ws: dict, d: int, logdensity_and_grad, max_delta_energy: float) -> dict:
+def _doubling(
+    ws: dict, d: int, logdensity_and_grad, max_delta_energy: float, generator=None
+) -> dict:
     """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
-    chain's direction, joined to the tree unless it turned or diverged."""
+    chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
+    comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given."""
     if d == 0:
         ws = {**ws, **_start(ws)}
     metric, h0, lp0 = ws["metric"], ws["h0"], ws["lp0"]
@@ -138,7 +152,7 @@ def _doubling(ws: dict, d: int, logdensity_and_grad, max_delta_energy: float) ->
     n_leaves = 2**d
     leaf_log_weights = z.new_empty(n_leaves, chains)
     leaf_active = torch.empty(n_leaves, chains, dtype=torch.bool, device=z.device)
-    neg_log_u = ws[f"neg_log_u{d}"]
+    neg_log_u = ws[f"neg_log_u{d}"] if generator is None else None
     # Stopping a sub-tree as soon as every chain has left it costs a device sync per leaf:
     # cheap on the CPU, where small batches often all stop early; on a GPU only the
     # doublings sync.
@@ -159,7 +173,11 @@ def _doubling(ws: dict, d: int, logdensity_and_grad, max_delta_energy: float) ->
 
         new_log_weight = torch.logaddexp(sub_log_weight, leaf_log_weight)
         # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
-        take = sub_active & (neg_log_u[n] > new_log_weight - leaf_log_weight)
+        if generator is None:
+            leaf_neg_log_u = neg_log_u[n]
+        else:
+            leaf_neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
+        take = sub_active & (leaf_neg_log_u > new_log_weight - leaf_log_weight)
         take_col = take.unsqueeze(-1)
         sub_z = torch.where(take_col, z1, sub_z)
         sub_g = torch.where(take_col, g1, sub_g)
