@@ -656,16 +656,7 @@ def _compact(graph_module: GraphModule, node: Node, ndim: int, values: dict):
     if value.ndim < ndim:  # broadcast as it is
         return node
     if node.op == "call_function" and node.target is _aten.expand.default:
-        source = node.args[0]
-        shape = values[source].shape
-        if len(shape) == ndim:
-            return source
-        return _new(
-            graph_module.graph,
-            values,
-            _aten.view.default,
-            (source, [1] * (ndim - len(shape)) + list(shape)),
-        )
+        return _with_ndim(graph_module, node.args[0], ndim, values)
     if node.op == "get_attr":
         small = value
         for dim in range(ndim):
@@ -717,15 +708,17 @@ def _broadcast_view(graph_module: GraphModule, node, ndim: int, values: dict):
     non-tensor or another dtype than floating point."""
     if not isinstance(node, Node) or not _floating(values[node]):
         return None
-    compact = _compact(graph_module, node, ndim, values)
-    shape = values[compact].shape
+    return _with_ndim(graph_module, _compact(graph_module, node, ndim, values), ndim, values)
+
+
+def _with_ndim(graph_module: GraphModule, node: Node, ndim: int, values: dict) -> Node:
+    """`node` viewed with `ndim` dimensions, leading ones of size 1 added (as broadcasting
+    reads it)."""
+    shape = values[node].shape
     if len(shape) == ndim:
-        return compact
+        return node
     return _new(
-        graph_module.graph,
-        values,
-        _aten.view.default,
-        (compact, [1] * (ndim - len(shape)) + [*shape]),
+        graph_module.graph, values, _aten.view.default, (node, [1] * (ndim - len(shape)) + [*shape])
     )
 
 

@@ -2,8 +2,10 @@
 # Debian packages the slow tests start for real: headless Chromium (report and MLflow pages)
 # and a one-node SLURM cluster (slurm-wlm, slurm-client, munge; scripts/slurm).
 # Installs only what is missing, with apt-get as root (through sudo when run as a user).
+# Usage: bash scripts/system_packages.sh [PACKAGE ...] (default: all of the above)
 set -euo pipefail
-packages=(chromium chromium-driver slurm-wlm slurm-client munge)
+packages=("$@")
+((${#packages[@]})) || packages=(chromium chromium-driver slurm-wlm slurm-client munge)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -570,6 +570,16 @@ class DataTimesColumn(RowTimesData):
         return {"y": Normal((self.X @ p.beta[:, None])[:, 0], p.sigma)}
 
 
+def assert_traced_equals_the_model(model, z):
+    """The traced log density and gradient equal the model's at `z` and near it, to 1e-12."""
+    traced = trace_logdensity(model, z)
+    for point in (z, _nearby(z, 0.1)):
+        lp, grad = model.logdensity_and_grad(point)
+        got_lp, got_grad = traced(point)
+        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+
+
 def traced_op_names(model, z):
     graph_module = record(lambda z: model.logdensity_and_grad(z), z)
     simplify(graph_module, _values(graph_module, (z,)))
@@ -588,12 +598,7 @@ def test_data_times_parameters_is_one_matrix_product_for_all_chains(model_class,
     z = random_z(model, chains, seed=3)
     names = traced_op_names(model, z)
     assert "bmm" not in names and names.count("mm") == 2
-    traced = trace_logdensity(model, z)
-    for point in (z, _nearby(z, 0.1)):
-        lp, grad = model.logdensity_and_grad(point)
-        got_lp, got_grad = traced(point)
-        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
-        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+    assert_traced_equals_the_model(model, z)
 
 
 def test_a_product_whose_matrices_differ_between_chains_stays_batched():
@@ -682,12 +687,7 @@ def test_a_normal_likelihood_passes_over_the_data_three_times(chains):
     simplify(graph_module, values)
     values = _values(graph_module, (z,))
     assert sorted(passes_over(graph_module, values, rows)) == ["mm", "mul", "pow", "sub"]
-    traced = trace_logdensity(model, z)
-    for point in (z, _nearby(z, 0.1)):
-        lp, grad = model.logdensity_and_grad(point)
-        got_lp, got_grad = traced(point)
-        torch.testing.assert_close(got_lp, lp, rtol=1e-12, atol=0)
-        torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+    assert_traced_equals_the_model(model, z)
 
 
 def test_sums_before_shifts_keep_their_accuracy_on_offset_data():

@@ -31,18 +31,13 @@ class Graphs:
         return f"Graphs({len(self.captured)} captured)"
 
 
-def load(graphs: Graphs | None, values: dict) -> dict:
-    """The workspace holding `values` (the inputs of the phases to come): `values` itself
-    without graphs, else the static workspace with `values` copied into it."""
+def load(graphs: Graphs | None, values: dict, ws: dict | None = None) -> dict:
+    """Workspace `ws` (none yet: empty) holding `values` too (inputs of the phases to come):
+    without graphs a new dict, else the static workspace with only `values` copied into it."""
     if graphs is None:
-        return values
-    workspace = graphs.workspace
-    for name, value in values.items():
-        if name in workspace:
-            _copy(workspace[name], value)
-        else:
-            workspace[name] = _clone(value)
-    return workspace
+        return {**(ws or {}), **values}
+    _store(graphs.workspace, values)
+    return graphs.workspace
 
 
 def run_phase(graphs: Graphs | None, key, phase, ws: dict) -> dict:
@@ -92,6 +87,7 @@ def capture(step, graphs: Graphs):
 
 
 def _store(ws: dict, new: dict) -> None:
+    """`new`'s values written into `ws`'s tensors (a copy of each new name's value added)."""
     for name, value in new.items():
         if name in ws:
             _copy(ws[name], value)

@@ -115,9 +115,11 @@ def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
     z0, lp0, grad0 = state
     graphs = target.graphs
     values = {"z": z0, "r": r0, "lp": lp0, "grad": grad0, "step_size": step_size}
-    ws = load(graphs, {**values, "metric": metric, "n_steps": n_steps})
-    ws = load(graphs, {**ws, "failed": torch.zeros_like(lp0, dtype=torch.bool)})
-    ws = load(graphs, {**ws, "k": torch.zeros((), dtype=torch.int64, device=z0.device)})
+    start = {
+        "failed": torch.zeros_like(lp0, dtype=torch.bool),
+        "k": torch.zeros((), dtype=torch.int64, device=z0.device),
+    }
+    ws = load(graphs, {**values, "metric": metric, "n_steps": n_steps, **start})
     step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
     for _ in range(most):
         ws = run_phase(graphs, ("hmc",), step, ws)

@@ -55,8 +55,8 @@ def nuts_step(
     uniforms = torch.rand(
         2, max_tree_depth, chains, generator=generator, dtype=dtype, device=device
     )
-    ws = load(graphs, {"z0": z0, "lp0": lp0, "grad0": grad0, "r0": r0, "uniforms": uniforms})
-    ws = load(graphs, {**ws, "step_size": step_size, "metric": metric})
+    inputs = {"z0": z0, "lp0": lp0, "grad0": grad0, "r0": r0, "uniforms": uniforms}
+    ws = load(graphs, {**inputs, "step_size": step_size, "metric": metric})
     # Per leaf, -log u for taking it as its sub-tree's proposal. On the CPU each leaf draws its
     # own (a sub-tree that every chain has left draws no more); off it, a graph cannot draw
     # from the generator, so each doubling's are drawn before it, with or without graphs.
@@ -64,7 +64,7 @@ def nuts_step(
     for d in range(max_tree_depth):
         if leaf_generator is None:
             neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
-            ws = load(graphs, {**ws, f"neg_log_u{d}": neg_log_u.exponential_(generator=generator)})
+            ws = load(graphs, {f"neg_log_u{d}": neg_log_u.exponential_(generator=generator)}, ws)
         doubling = functools.partial(
             _doubling,
             d=d,
