@@ -11,6 +11,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = [
     "LINALG_CHECK_ERRORS",
+    "aoti_compile",
+    "aoti_load",
     "TO_COPY",
     "UNSAFE_VIEW",
     "DispatchMode",
@@ -80,3 +82,18 @@ def direct_call(op):
     """The operation's C++ entry point: the same result as `op(...)`, without its Python
     wrapper's cost."""
     return op._op
+
+
+def aoti_compile(graph_module, examples, path) -> None:
+    """`graph_module` (ATen operations) compiled ahead of time by Inductor for inputs laid out
+    as `examples`, packaged at `path` (`bayeslib.compiling`)."""
+    import torch._inductor  # about two seconds: only where something is compiled
+
+    program = torch.export.export(graph_module, tuple(examples), strict=False)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+def aoti_load(path):
+    """The package at `path` ready to run: ``loader.run(list_of_tensors) -> list``. The C++
+    loader, without `torch._inductor.aoti_load_package`'s import of Inductor."""
+    return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)

@@ -61,11 +61,18 @@ def trace(fn, *examples: torch.Tensor, what: str = "the traced function"):
     """`fn` (tensors -> a tensor or tuple of tensors) traced at `examples`, simplified, and
     written back as one straight-line Python function of tensor operations, which refuses
     inputs of another shape, dtype or device (`what` names it in that error)."""
+    graph_module = recorded(fn, *examples)
+    # again: rewritten products round differently, and each line is checked on its value
+    return to_python(graph_module, _values(graph_module, examples), what)
+
+
+def recorded(fn, *examples: torch.Tensor) -> GraphModule:
+    """`fn`'s operations at `examples` (`record`), checked for chains (`_check_linalg_chains`)
+    and simplified (`simplify`)."""
     graph_module = record(fn, *examples)
     _check_linalg_chains(graph_module, examples)
     simplify(graph_module, _values(graph_module, examples))
-    # again: rewritten products round differently, and each line is checked on its value
-    return to_python(graph_module, _values(graph_module, examples), what)
+    return graph_module
 
 
 def trace_logdensity(model, z: torch.Tensor, grad: bool = True, jacobian: bool = True):

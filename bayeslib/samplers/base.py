@@ -45,12 +45,15 @@ class Target(NamedTuple):
     kernel calls (the gradient for HMC and NUTS) is straight-line tensor code
     (`bayeslib.tracing`), which a CUDA graph can capture;
     ``graphs``: where kernels keep their captured CUDA graphs (`samplers.graphs`), or None
-    to run eagerly."""
+    to run eagerly; ``compiled``: where kernels keep their inner steps compiled with the
+    log density (`bayeslib.compiling.Compiled`), or None to run them operation by
+    operation."""
 
     logdensity_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]]
     logdensity: Callable[[Tensor], Tensor]
     traced: bool = False
     graphs: Graphs | None = None
+    compiled: object | None = None
 
 
 def clean_logdensity(lp: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ indices are plain Python integers.
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,6 +62,9 @@ def nuts_step(
     # own (a sub-tree that every chain has left draws no more); off it, a graph cannot draw
     # from the generator, so each doubling's are drawn before it, with or without graphs.
     leaf_generator = generator if draws_each_leaf(device) else None
+    leaf_fn = None
+    if target.compiled is not None:
+        leaf_fn = compiled_leaf(target, ws, max_tree_depth, max_delta_energy)
     for d in range(max_tree_depth):
         if leaf_generator is None:
             neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
@@ -70,7 +74,9 @@ def nuts_step(
             d=d,
             logdensity_and_grad=target.logdensity_and_grad,
             max_delta_energy=max_delta_energy,
+            max_tree_depth=max_tree_depth,
             generator=leaf_generator,
+            leaf_fn=leaf_fn,
         )
         ws = run_phase(graphs, ("nuts", d, max_delta_energy), doubling, ws)
         if not bool(ws["active"].any()):
@@ -121,12 +127,133 @@ def _start(ws: dict) -> dict:
     }
 
 
+class SubTree(NamedTuple):
+    """What a leaf passes to the next leaf of its sub-tree: the integrator's state (a chain
+    that left the sub-tree keeps its position, with zero momentum and gradient), the
+    sub-tree's log weight, proposal (with its log weight) and momentum sum, and the chains
+    still in it."""
+
+    z: Tensor
+    r: Tensor
+    grad: Tensor
+    log_weight: Tensor
+    z_prop: Tensor
+    lp_prop: Tensor
+    g_prop: Tensor
+    prop_log_weight: Tensor
+    r_sum: Tensor
+    active: Tensor
+
+
+def leaf(
+    sub: SubTree,
+    eps: Tensor,
+    metric,
+    h0: Tensor,
+    neg_log_u: Tensor,
+    checkpoints,
+    checks,
+    logdensity_and_grad,
+    max_delta_energy: float,
+) -> tuple[SubTree, Tensor, Tensor, Tensor]:
+    """The next leaf of every chain's sub-tree: one leapfrog step, its log weight ``H0 - H``
+    (NaN counts as -inf), taken as the sub-tree's proposal where ``-log u`` (`neg_log_u`)
+    exceeds its share of the weight, and the sub-tree left by chains that diverge or, at
+    an odd leaf, turn against one of the `checkpoints` ``(r, v, r_sum)`` (``[k, chains, dim]``
+    each; None at an even leaf), those of bool mask `checks` ``[k]`` when given. Returns the
+    sub-tree after the leaf, and the leaf's log weight, momentum and velocity."""
+    inf = math.inf
+    z1, r1, lp1, g1 = leapfrog(sub.z, sub.r, sub.grad, eps, metric, logdensity_and_grad)
+    v1 = metric.velocity(r1)
+    log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
+    log_weight = log_weight.nan_to_num(-inf, posinf=-inf)
+    new_log_weight = torch.logaddexp(sub.log_weight, log_weight)
+    # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
+    take = sub.active & (neg_log_u > new_log_weight - log_weight)
+    take_col = take.unsqueeze(-1)
+    z_prop = torch.where(take_col, z1, sub.z_prop)
+    g_prop = torch.where(take_col, g1, sub.g_prop)
+    lp_prop = torch.where(take, lp1, sub.lp_prop)
+    prop_log_weight = torch.where(take, log_weight, sub.prop_log_weight)
+    r_sum = sub.r_sum + r1
+
+    stop = log_weight < -max_delta_energy
+    if checkpoints is not None:
+        r_start, v_start, r_sum_start = checkpoints
+        turning = is_turning(v_start, v1, r_start, r1, r_sum - r_sum_start + r_start)
+        if checks is not None:
+            turning = turning & checks.unsqueeze(-1)
+        stop = stop | turning.any(0)
+    active = sub.active & ~stop
+    active_col = active.unsqueeze(-1)
+    new = SubTree(
+        z=torch.where(active_col, z1, sub.z),
+        r=torch.where(active_col, r1, 0.0),
+        grad=torch.where(active_col, g1, 0.0),
+        log_weight=new_log_weight,
+        z_prop=z_prop,
+        lp_prop=lp_prop,
+        g_prop=g_prop,
+        prop_log_weight=prop_log_weight,
+        r_sum=r_sum,
+        active=active,
+    )
+    return new, log_weight, r1, v1
+
+
+@functools.cache
+def check_masks(max_tree_depth: int, device: torch.device) -> Tensor:
+    """``[leaves, max_tree_depth]``: per leaf of a sub-tree, the checkpoints its U-turn
+    checks read (`checkpoint_indices`; none for an even leaf), as a compiled leaf takes them."""
+    leaves = 2 ** (max_tree_depth - 1)
+    masks = torch.zeros(leaves, max_tree_depth, dtype=torch.bool)
+    for n in range(1, leaves, 2):
+        idx_min, idx_max = checkpoint_indices(n)
+        masks[n, idx_min : idx_max + 1] = True
+    return masks.to(device)
+
+
+def compiled_leaf(target: Target, ws: dict, max_tree_depth: int, max_delta_energy: float):
+    """`leaf` with the target's log density, compiled (`target.compiled`) for the chains of
+    workspace `ws`, whose values are the examples it is checked at."""
+    metric = ws["metric"]
+
+    def build():
+        z0, lp0, r0, grad0 = ws["z0"], ws["lp0"], ws["r0"], ws["grad0"]
+        chains, dim = z0.shape
+        sub = SubTree(z0, r0, grad0, lp0, z0, lp0, grad0, lp0, r0, lp0 > -math.inf)
+        checkpoints = tuple(z0.new_zeros(3, max_tree_depth, chains, dim))
+        checks = check_masks(max_tree_depth, z0.device)[1]
+        eps = ws["step_size"].unsqueeze(-1)
+        examples = (sub, eps, metric, lp0, torch.ones_like(lp0), checkpoints, checks)
+        fn = functools.partial(
+            leaf,
+            logdensity_and_grad=target.logdensity_and_grad,
+            max_delta_energy=max_delta_energy,
+        )
+        return fn, examples
+
+    key = ("nuts leaf", type(metric).__name__, max_tree_depth, max_delta_energy)
+    return target.compiled.function(key, "the NUTS leaf", build)
+
+
 def _doubling(
-    ws: dict, d: int, logdensity_and_grad, max_delta_energy: float, generator=None
+    ws: dict,
+    d: int,
+    logdensity_and_grad,
+    max_delta_energy: float,
+    max_tree_depth: int,
+    generator=None,
+    leaf_fn=None,
 ) -> dict:
     """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
     chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
-    comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given."""
+    comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given.
+    `leaf_fn`: `leaf` compiled (`compiled_leaf`), or None to run it operation by operation."""
+    leaf_options = {
+        "logdensity_and_grad": logdensity_and_grad,
+        "max_delta_energy": max_delta_energy,
+    }
     if d == 0:
         ws = {**ws, **_start(ws)}
     metric, h0, lp0 = ws["metric"], ws["h0"], ws["lp0"]
@@ -144,10 +271,10 @@ def _doubling(
     r = torch.where(active_col, torch.where(right_col, ws["r_right"], ws["r_left"]), 0.0)
     grad = torch.where(active_col, torch.where(right_col, ws["g_right"], ws["g_left"]), 0.0)
     # Checkpoints of momentum, velocity and momentum sum at even leaves of the sub-tree
-    # (`checkpoint_indices` of its leaves stay below d).
-    r_ckpts = z.new_empty(max(1, d), chains, dim)
-    v_ckpts = z.new_empty(max(1, d), chains, dim)
-    r_sum_ckpts = z.new_empty(max(1, d), chains, dim)
+    # (`checkpoint_indices` of its leaves stay below d). A compiled leaf takes them whole, of
+    # one shape at every depth, with a mask of the ones it checks.
+    slots = max_tree_depth if leaf_fn is not None else max(1, d)
+    r_ckpts, v_ckpts, r_sum_ckpts = z.new_zeros(3, slots, chains, dim)
     # Per leaf of the sub-tree: its log weight, and whether its chain was active.
     n_leaves = 2**d
     leaf_log_weights = z.new_empty(n_leaves, chains)
@@ -159,50 +286,41 @@ def _doubling(
     sync_each_leaf = z.device.type == "cpu"
 
     # The new sub-tree, its proposal drawn in proportion to the weights.
-    sub_log_weight = torch.full_like(lp0, -inf)
-    sub_z, sub_lp, sub_g, sub_prop_log_weight = z, lp0, grad, ws["prop_log_weight"]
-    sub_r_sum = torch.zeros_like(r)
-    sub_active = active
+    sub = SubTree(
+        z=z,
+        r=r,
+        grad=grad,
+        log_weight=torch.full_like(lp0, -inf),
+        z_prop=z,
+        lp_prop=lp0,
+        g_prop=grad,
+        prop_log_weight=ws["prop_log_weight"],
+        r_sum=torch.zeros_like(r),
+        active=active,
+    )
     for n in range(n_leaves):
-        z1, r1, lp1, g1 = leapfrog(z, r, grad, eps, metric, logdensity_and_grad)
-        v1 = metric.velocity(r1)
-        leaf_log_weight = torch.sub(h0 + lp1, torch.linalg.vecdot(r1, v1), alpha=0.5)
-        leaf_log_weight = leaf_log_weight.nan_to_num(-inf, posinf=-inf)
-        leaf_log_weights[n] = leaf_log_weight
-        leaf_active[n] = sub_active
-
-        new_log_weight = torch.logaddexp(sub_log_weight, leaf_log_weight)
-        # Take the leaf with probability exp(leaf - new): log u < leaf - new, u uniform.
         if generator is None:
             leaf_neg_log_u = neg_log_u[n]
         else:
             leaf_neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
-        take = sub_active & (leaf_neg_log_u > new_log_weight - leaf_log_weight)
-        take_col = take.unsqueeze(-1)
-        sub_z = torch.where(take_col, z1, sub_z)
-        sub_g = torch.where(take_col, g1, sub_g)
-        sub_lp = torch.where(take, lp1, sub_lp)
-        sub_prop_log_weight = torch.where(take, leaf_log_weight, sub_prop_log_weight)
-        sub_log_weight = new_log_weight
-        sub_r_sum = sub_r_sum + r1
-
-        stop = leaf_log_weight < -max_delta_energy
+        leaf_active[n] = sub.active
         idx_min, idx_max = checkpoint_indices(n)
+        if leaf_fn is not None:
+            checks = check_masks(max_tree_depth, z.device)[n]
+            args = (sub, eps, metric, h0, leaf_neg_log_u, (r_ckpts, v_ckpts, r_sum_ckpts), checks)
+            sub, leaf_log_weight, r1, v1 = leaf_fn(*args)
+        else:
+            span = slice(idx_min, idx_max + 1)
+            checkpoints = None if n % 2 == 0 else (r_ckpts[span], v_ckpts[span], r_sum_ckpts[span])
+            sub, leaf_log_weight, r1, v1 = leaf(
+                sub, eps, metric, h0, leaf_neg_log_u, checkpoints, None, **leaf_options
+            )
+        leaf_log_weights[n] = leaf_log_weight
         if n % 2 == 0:
             r_ckpts[idx_max] = r1
             v_ckpts[idx_max] = v1
-            r_sum_ckpts[idx_max] = sub_r_sum
-        else:
-            r_start = r_ckpts[idx_min : idx_max + 1]
-            span_sum = sub_r_sum - r_sum_ckpts[idx_min : idx_max + 1] + r_start
-            turning = is_turning(v_ckpts[idx_min : idx_max + 1], v1, r_start, r1, span_sum)
-            stop = stop | turning.any(0)
-        sub_active = sub_active & ~stop
-        active_col = sub_active.unsqueeze(-1)
-        z = torch.where(active_col, z1, z)
-        r = torch.where(active_col, r1, 0.0)
-        grad = torch.where(active_col, g1, 0.0)
-        if sync_each_leaf and n + 1 < n_leaves and not bool(sub_active.any()):
+            r_sum_ckpts[idx_max] = sub.r_sum
+        if sync_each_leaf and n + 1 < n_leaves and not bool(sub.active.any()):
             break
 
     built = n + 1
@@ -214,28 +332,28 @@ def _doubling(
     n_steps = ws["n_steps"] + was_active.sum(0)
     diverging = ws["diverging"] | ((built_log_weights < -max_delta_energy) & was_active).any(0)
     # A chain's sub-tree is complete when it was active to its last leaf.
-    complete = sub_active
+    complete = sub.active
 
     # Join the sub-tree to the tree: move the proposal into it with probability
     # min(1, w_sub / w_tree), unless it turned or diverged (biased progressive sampling).
-    accept = complete & (ws["uniforms"][1, d].log() < sub_log_weight - ws["log_weight"])
+    accept = complete & (ws["uniforms"][1, d].log() < sub.log_weight - ws["log_weight"])
     accept_col = accept.unsqueeze(-1)
     grow_right = (complete & right).unsqueeze(-1)
     grow_left = (complete & ~right).unsqueeze(-1)
     new = {
-        "z_prop": torch.where(accept_col, sub_z, ws["z_prop"]),
-        "g_prop": torch.where(accept_col, sub_g, ws["g_prop"]),
-        "lp_prop": torch.where(accept, sub_lp, ws["lp_prop"]),
-        "prop_log_weight": torch.where(accept, sub_prop_log_weight, ws["prop_log_weight"]),
+        "z_prop": torch.where(accept_col, sub.z_prop, ws["z_prop"]),
+        "g_prop": torch.where(accept_col, sub.g_prop, ws["g_prop"]),
+        "lp_prop": torch.where(accept, sub.lp_prop, ws["lp_prop"]),
+        "prop_log_weight": torch.where(accept, sub.prop_log_weight, ws["prop_log_weight"]),
         "depth": ws["depth"] + active,
-        "log_weight": torch.logaddexp(ws["log_weight"], sub_log_weight),
-        "r_sum": ws["r_sum"] + sub_r_sum,
-        "z_right": torch.where(grow_right, z, ws["z_right"]),
-        "r_right": torch.where(grow_right, r, ws["r_right"]),
-        "g_right": torch.where(grow_right, grad, ws["g_right"]),
-        "z_left": torch.where(grow_left, z, ws["z_left"]),
-        "r_left": torch.where(grow_left, r, ws["r_left"]),
-        "g_left": torch.where(grow_left, grad, ws["g_left"]),
+        "log_weight": torch.logaddexp(ws["log_weight"], sub.log_weight),
+        "r_sum": ws["r_sum"] + sub.r_sum,
+        "z_right": torch.where(grow_right, sub.z, ws["z_right"]),
+        "r_right": torch.where(grow_right, sub.r, ws["r_right"]),
+        "g_right": torch.where(grow_right, sub.grad, ws["g_right"]),
+        "z_left": torch.where(grow_left, sub.z, ws["z_left"]),
+        "r_left": torch.where(grow_left, sub.r, ws["r_left"]),
+        "g_left": torch.where(grow_left, sub.grad, ws["g_left"]),
         "sum_accept": sum_accept,
         "n_steps": n_steps,
         "diverging": diverging,

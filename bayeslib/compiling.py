@@ -1,0 +1,178 @@
+"""A sampler's inner step, with the traced log density it calls, compiled to native code.
+
+A NUTS leaf (a leapfrog step, the log density's gradient, the leaf's weight, the proposal
+update, the U-turn check) is some two hundred tensor operations; on a few chains each costs
+1-2 us of dispatch from Python, several times its arithmetic. Recorded as one graph and
+simplified (`tracing.recorded`), then compiled ahead of time by Inductor (AOTInductor) into a
+shared library, the leaf runs as a handful of fused loops, called from C++.
+
+Compiling takes 15-30 s (a C++ compiler builds the library). The library is kept on disk in
+`cache_dir()`, named by a hash of everything it was compiled from (the graph, its constants,
+which hold the data, the input layouts, torch's version, the CPU's instruction set), and a
+later run with the same model, data and shapes loads it in milliseconds.
+
+Compiled code rounds differently from the operations run one by one (fused loops, other
+orders of summation): the values agree to rounding, so a compiled run's draws match the
+uncompiled run's until some accept/reject decision falls the other way. The same compiled
+run gives the same draws, bit for bit.
+"""
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .torch_compat import aoti_compile, aoti_load
+from .tracing import TracingError, recorded
+
+CACHE_ENV = "BAYESLIB_CACHE"
+
+
+class CompileError(RuntimeError):
+    """A sampler's step could not be compiled (no C++ compiler, or Inductor failed)."""
+
+
+class Compiled:
+    """One run's compiled functions, by key (the same key must always mean the same
+    function); each is compiled, or loaded from the cache, on first use."""
+
+    def __init__(self):
+        self.functions: dict = {}
+
+    def __repr__(self) -> str:
+        return f"Compiled({len(self.functions)} functions)"
+
+    def function(self, key, what: str, build):
+        """The function compiled for `key`; on first use, ``fn, examples = build()`` is
+        compiled (`compile_function`)."""
+        if key not in self.functions:
+            self.functions[key] = compile_function(*build(), what)
+        return self.functions[key]
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept: ``$BAYESLIB_CACHE/compiled``, by default
+    ``~/.cache/bayeslib/compiled``."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bayeslib"
+    return Path(root) / "compiled"
+
+
+def check_compiler(device: torch.device) -> None:
+    """Raise, naming the fix, where compiling cannot work: before any long work starts."""
+    if device.type != "cpu":
+        raise CompileError(
+            f"compile=True runs on the CPU only (this run is on {device}); on CUDA, captured "
+            "graphs (cuda_graphs=True) remove the launch overhead: sample with compile=False"
+        )
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        raise CompileError(
+            "compile=True needs a C++ compiler (g++, or the one $CXX names) and none was found: "
+            "install one (apt-get install g++) or sample with compile=False"
+        )
+
+
+def compile_function(fn, examples, what: str = "the sampler's step"):
+    """`fn` (tensors, and tuples of them such as NamedTuples -> the same) compiled for
+    arguments laid out as `examples` (a tuple; tensors keep their shape, dtype and device).
+    Loaded from `cache_dir()` when compiled before; checked against `fn` at `examples`."""
+    flat_examples, in_spec = _flatten(tuple(examples))
+    # Distinct tensors: export takes one tensor passed twice for one input of the graph.
+    flat_examples = [x.detach().clone(memory_format=torch.contiguous_format) for x in flat_examples]
+    out_spec = None
+
+    def flat_fn(*flat):
+        nonlocal out_spec
+        outputs, out_spec = _flatten(fn(*_unflatten(iter(flat), in_spec)))
+        return tuple(outputs)
+
+    try:
+        graph_module = recorded(flat_fn, *flat_examples)
+    except TracingError as error:
+        raise CompileError(f"{what} could not be recorded: {error}") from error
+    path = cache_dir() / f"{_key(graph_module, flat_examples)}.pt2"
+    if not path.exists():
+        _build(graph_module, flat_examples, path, what)
+    run = aoti_load(path).run
+
+    def compiled(*args):
+        flat = [x.contiguous() for x in _flatten(args)[0]]
+        return _unflatten(iter(run(flat)), out_spec)
+
+    _check(flat_fn(*flat_examples), _flatten(compiled(*examples))[0], what)
+    compiled.path = path
+    return compiled
+
+
+def _flatten(value) -> tuple[list, object]:
+    """The tensors of nested tuples (NamedTuples too), and the structure to rebuild them."""
+    if isinstance(value, torch.Tensor):
+        return [value], None
+    flat, specs = [], []
+    for item in value:
+        items, spec = _flatten(item)
+        flat += items
+        specs.append(spec)
+    return flat, (type(value), specs)
+
+
+def _unflatten(tensors, spec):
+    """`_flatten` undone: the structure `spec` filled from the iterator `tensors`."""
+    if spec is None:
+        return next(tensors)
+    kind, specs = spec
+    items = [_unflatten(tensors, s) for s in specs]
+    return kind(*items) if hasattr(kind, "_fields") else kind(items)
+
+
+def _key(graph_module, examples) -> str:
+    """A hash of everything the library is compiled from."""
+    digest = hashlib.sha256()
+    for part in (
+        torch.__version__,
+        platform.machine(),
+        torch.backends.cpu.get_cpu_capability(),
+        graph_module.code,
+        *(f"{x.shape}{x.stride()}{x.dtype}{x.device}" for x in examples),
+    ):
+        digest.update(str(part).encode())
+    for name, buffer in sorted(graph_module.named_buffers()):
+        digest.update(f"{name}{buffer.shape}{buffer.dtype}".encode())
+        digest.update(buffer.detach().cpu().flatten().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _build(graph_module, examples, path: Path, what: str) -> None:
+    """Compile `graph_module` into the library at `path`: written under a temporary name and
+    renamed, so that runs compiling the same library side by side never read half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aoti_compile(graph_module, examples, partial)
+        os.replace(partial, path)
+    except Exception as error:
+        raise CompileError(
+            f"compiling {what} failed ({type(error).__name__}: {error}); sample with "
+            "compile=False to run it uncompiled"
+        ) from error
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _check(expected, got, what: str) -> None:
+    """The library gives `fn`'s values at the examples, to rounding."""
+    for e, g in zip(expected, got, strict=True):
+        if e.dtype.is_floating_point:
+            tol = 1e3 * torch.finfo(e.dtype).eps
+            same = torch.allclose(e, g, rtol=tol, atol=tol, equal_nan=True)
+        else:
+            same = torch.equal(e, g)
+        if e.shape != g.shape or not same:
+            raise CompileError(f"compiled {what} differs from its uncompiled code")
