@@ -109,9 +109,13 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
 
 
 def _flatten(value) -> tuple[list, object]:
-    """The tensors of nested tuples (NamedTuples too), and the structure to rebuild them."""
+    """The tensors of nested tuples (NamedTuples too) and dicts, and the structure to rebuild
+    them."""
     if isinstance(value, torch.Tensor):
         return [value], None
+    if isinstance(value, dict):
+        flat, spec = _flatten(tuple(value.values()))
+        return flat, (dict, (tuple(value), spec))
     flat, specs = [], []
     for item in value:
         items, spec = _flatten(item)
@@ -125,6 +129,9 @@ def _unflatten(tensors, spec):
     if spec is None:
         return next(tensors)
     kind, specs = spec
+    if kind is dict:
+        keys, values = specs
+        return dict(zip(keys, _unflatten(tensors, values), strict=True))
     items = [_unflatten(tensors, s) for s in specs]
     return kind(*items) if hasattr(kind, "_fields") else kind(items)
 

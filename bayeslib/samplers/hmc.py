@@ -55,6 +55,10 @@ def hmc_step(
         z, r, lp, grad, failed = _trajectory_in_graphs(
             target, state, r0, step_size, metric, n_steps, most
         )
+    elif target.compiled is not None:
+        z, r, lp, grad, failed = _trajectory_compiled(
+            target, state, r0, step_size, metric, n_steps, most
+        )
     else:
         z, r, lp, grad, failed = _trajectory(
             target, state, r0, step_size, metric, n_steps, fewest, most
@@ -124,6 +128,33 @@ def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
     for _ in range(most):
         ws = run_phase(graphs, ("hmc",), step, ws)
     return tuple(ws[name].clone() for name in ("z", "r", "lp", "grad", "failed"))
+
+
+def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
+    """`_trajectory` as `most` calls of one compiled leapfrog step, every step masked."""
+    z0, lp0, grad0 = state
+    ws = {
+        "z": z0,
+        "r": r0,
+        "lp": lp0,
+        "grad": grad0,
+        "step_size": step_size,
+        "metric": metric,
+        "n_steps": n_steps,
+        "failed": torch.zeros_like(lp0, dtype=torch.bool),
+        "k": torch.zeros((), dtype=torch.int64, device=z0.device),
+    }
+
+    def build():
+        return functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad), (
+            ws,
+        )
+
+    key = ("hmc step", type(metric).__name__)
+    step = target.compiled.function(key, "the HMC leapfrog step", build)
+    for _ in range(most):
+        ws = {**ws, **step(ws)}
+    return tuple(ws[name] for name in ("z", "r", "lp", "grad", "failed"))
 
 
 def _masked_step(ws: dict, logdensity_and_grad) -> dict:

@@ -1,0 +1,154 @@
+"""Kernels' inner steps compiled with the traced log density (`bayeslib.compiling`,
+`sample(compile=True)`): the compiled NUTS leaf against the leaf run operation by operation,
+compiled runs against uncompiled ones and the truth, the cache, and the refusals."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_sample import RHO, Correlated, assert_within_mcse
+from test_tracing import Branching
+
+import bayeslib as bl
+from bayeslib import compiling
+from bayeslib.models import Best
+from bayeslib.samplers.metrics import make_metric
+from bayeslib.samplers.nuts import SubTree, check_masks, checkpoint_indices, leaf
+from bayeslib.tracing import make_target, recorded
+
+MAX_TREE_DEPTH = 6
+
+
+def best():
+    rng = np.random.default_rng(1)
+    return Best(rng.normal(0.0, 1.0, 30), rng.normal(0.5, 2.0, 25))
+
+
+def random_leaf_arguments(generator, chains, dim):
+    """A sub-tree midway: random states, some chains already out of it, one far out (its
+    leaf diverges), and random checkpoints."""
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    z = randn(chains, dim)
+    z[0] = 40.0  # far in the tails: its leaf's weight is below -max_delta_energy
+    active = torch.rand(chains, generator=generator) < 0.75
+    active[0] = True
+    sub = SubTree(
+        z,
+        randn(chains, dim),
+        randn(chains, dim),
+        randn(chains),
+        randn(chains, dim),
+        randn(chains),
+        randn(chains, dim),
+        randn(chains),
+        randn(chains, dim),
+        active,
+    )
+    eps = 0.3 * randn(chains, 1)
+    metric = make_metric(0.5 + torch.rand(chains, dim, generator=generator, dtype=torch.float64))
+    neg_log_u = torch.empty(chains, dtype=torch.float64).exponential_(generator=generator)
+    checkpoints = tuple(randn(3, MAX_TREE_DEPTH, chains, dim))
+    return sub, eps, metric, randn(chains), neg_log_u, checkpoints
+
+
+def test_the_compiled_leaf_is_the_leaf():
+    """At even leaves (no U-turn check) and odd leaves checking 1 to 3 checkpoints, with
+    chains out of the sub-tree and a diverging one: the compiled leaf, given every checkpoint
+    and a mask, gives the leaf's values on the checkpoints it checks, to rounding (float64:
+    1e-12), and the same booleans."""
+    model = best()
+    chains, dim = 6, model.dim
+    generator = torch.Generator().manual_seed(0)
+    target = make_target(model, torch.zeros(chains, dim, dtype=torch.float64))
+    run_leaf = functools.partial(
+        leaf, logdensity_and_grad=target.logdensity_and_grad, max_delta_energy=1000.0
+    )
+    masks = check_masks(MAX_TREE_DEPTH, torch.device("cpu"))
+    example = random_leaf_arguments(generator, chains, dim)
+    compiled = compiling.compile_function(run_leaf, (*example, masks[1]))
+    for n in (0, 1, 2, 3, 7):
+        args = random_leaf_arguments(generator, chains, dim)
+        *before, checkpoints = args
+        idx_min, idx_max = checkpoint_indices(n)
+        span = slice(idx_min, idx_max + 1)
+        checked = None if n % 2 == 0 else tuple(c[span] for c in checkpoints)
+        expected = run_leaf(*before, checked, None)
+        got = compiled(*args, masks[n])
+        assert not bool(expected[0].active[0])  # the far-out chain diverged and left
+        for e, g in zip(*(compiling._flatten(x)[0] for x in (expected, got)), strict=True):
+            if e.dtype.is_floating_point:
+                torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12, equal_nan=True)
+            else:
+                assert torch.equal(g, e), n
+
+
+@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
+def test_compiled_runs_follow_the_uncompiled_draws_and_find_the_truth(sampler, compiled_cache):
+    """A Gaussian correlated at 0.95, dense metric. Compiled code rounds differently, so a
+    compiled run follows the uncompiled run of the same seed until a rounding difference
+    flips an accept decision: the first warmup iterations agree to 1e-8. The compiled draws'
+    mean and sd are within 4 MCSE of the truth. A second compiled run loads the library from
+    the cache (no new file) and gives the same draws, bit for bit."""
+    run = dict(chains=4, warmup=500, draws=1000, seed=3, progress=False)
+    plain = bl.sample(Correlated(), sampler, **run)
+    compiled = bl.sample(Correlated(), sampler, compile=True, **run)
+    assert compiled.attrs["compiled"] and not plain.attrs["compiled"]
+    early = slice(0, 10)
+    np.testing.assert_allclose(
+        compiled.warmup["x"][:, early].numpy(), plain.warmup["x"][:, early].numpy(), atol=1e-8
+    )
+    x = compiled["x"].numpy()
+    for i in range(2):
+        assert_within_mcse(x[..., i], 0.0, 1.0)
+    assert abs(np.corrcoef(x[..., 0].ravel(), x[..., 1].ravel())[0, 1] - RHO) < 0.02
+
+    libraries = sorted(compiled_cache.glob("compiled/*.pt2"))
+    again = bl.sample(Correlated(), sampler, compile=True, **run)
+    assert sorted(compiled_cache.glob("compiled/*.pt2")) == libraries
+    assert torch.equal(again["x"], compiled["x"])
+    for name in compiled.stats:
+        assert torch.equal(again.stats[name], compiled.stats[name]), name
+
+
+def test_the_library_is_named_by_what_it_is_compiled_from():
+    """Other data (a constant of the graph), another function or another layout of the
+    inputs: another library; the same: the same one."""
+    z = torch.randn(4, 3, dtype=torch.float64)
+    data = torch.arange(3.0, dtype=torch.float64)
+
+    def key(fn, x=z):
+        return compiling._key(recorded(fn, x), [x])
+
+    assert key(lambda x: x * data) == key(lambda x: x * data)
+    assert key(lambda x: x * data) != key(lambda x: x * (data + 1))
+    assert key(lambda x: x * data) != key(lambda x: x + data)
+    assert key(lambda x: x * data) != key(lambda x: x * data, z[:2].clone())
+
+
+def test_compile_without_a_cxx_compiler_is_refused_before_sampling(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(compiling.CompileError, match=r"C\+\+ compiler.*compile=False"):
+        bl.sample(best(), compile=True, warmup=10, draws=10, progress=False)
+
+
+def test_compile_off_the_cpu_is_refused_naming_the_fix():
+    with pytest.raises(compiling.CompileError, match="CPU only.*cuda_graphs.*compile=False"):
+        compiling.check_compiler(torch.device("cuda"))
+
+
+def test_a_model_that_cannot_be_traced_runs_uncompiled_with_the_trace_warning():
+    model = Branching(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    with pytest.warns(UserWarning, match="could not be traced"):
+        post = bl.sample(model, compile=True, warmup=20, draws=20, progress=False)
+    assert post.attrs["compiled"] is False
+
+
+def test_metropolis_has_nothing_to_compile():
+    post = bl.sample(best(), "metropolis", compile=True, warmup=20, draws=20, progress=False)
+    assert post.attrs["compiled"] is False
+    assert math.isfinite(float(post["mu"].mean()))
