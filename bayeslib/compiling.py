@@ -7,9 +7,10 @@ simplified (`tracing.recorded`), then compiled ahead of time by Inductor (AOTInd
 shared library, the leaf runs as a handful of fused loops, called from C++.
 
 Compiling takes 15-30 s (a C++ compiler builds the library). The library is kept on disk in
-`cache_dir()`, named by a hash of everything it was compiled from (the graph, its constants,
-which hold the data, the input layouts, torch's version, the CPU's instruction set), and a
-later run with the same model, data and shapes loads it in milliseconds.
+`cache_dir()`, named by a hash of everything it was compiled from (the graph, the layouts of
+its inputs, torch's version, the CPU's instruction set). The data are inputs too, not
+constants compiled in: a later run of the same model with data of the same shapes (another
+replicate of a study, another seed) loads it in milliseconds.
 
 Compiled code rounds differently from the operations run one by one (fused loops, other
 orders of summation): the values agree to rounding, so a compiled run's draws match the
@@ -94,14 +95,16 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
         graph_module = recorded(flat_fn, *flat_examples)
     except TracingError as error:
         raise CompileError(f"{what} could not be recorded: {error}") from error
-    path = cache_dir() / f"{_key(graph_module, flat_examples)}.pt2"
+    constants = _constants_as_inputs(graph_module)
+    inputs = constants + flat_examples
+    path = cache_dir() / f"{_key(graph_module, inputs)}.pt2"
     if not path.exists():
-        _build(graph_module, flat_examples, path, what)
+        _build(graph_module, inputs, path, what)
     run = aoti_load(path).run
 
     def compiled(*args):
         flat = [x.contiguous() for x in _flatten(args)[0]]
-        return _unflatten(iter(run(flat)), out_spec)
+        return _unflatten(iter(run(constants + flat)), out_spec)
 
     _check(flat_fn(*flat_examples), _flatten(compiled(*examples))[0], what)
     compiled.path = path
@@ -136,20 +139,39 @@ def _unflatten(tensors, spec):
     return kind(*items) if hasattr(kind, "_fields") else kind(items)
 
 
-def _key(graph_module, examples) -> str:
-    """A hash of everything the library is compiled from."""
+def _constants_as_inputs(graph_module) -> list:
+    """The graph's constants (the data, and what was computed from it alone) made its first
+    inputs, in place; returns their values (contiguous). A library compiled for one data set
+    then serves any other of the same shapes: a study's replicates share one."""
+    graph = graph_module.graph
+    first = next(iter(graph.nodes))
+    values = []
+    for node in list(graph.nodes):
+        if node.op != "get_attr":
+            continue
+        with graph.inserting_before(first):
+            placeholder = graph.placeholder(f"constant_{len(values)}")
+        node.replace_all_uses_with(placeholder)
+        values.append(getattr(graph_module, node.target).detach().contiguous())
+        graph.erase_node(node)
+        delattr(graph_module, node.target)
+    graph.lint()
+    graph_module.recompile()
+    return values
+
+
+def _key(graph_module, inputs) -> str:
+    """A hash of everything the library is compiled from: the graph and the layout of its
+    inputs (not their values), torch's version, the machine."""
     digest = hashlib.sha256()
     for part in (
         torch.__version__,
         platform.machine(),
         torch.backends.cpu.get_cpu_capability(),
         graph_module.code,
-        *(f"{x.shape}{x.stride()}{x.dtype}{x.device}" for x in examples),
+        *(f"{x.shape}{x.stride()}{x.dtype}{x.device}" for x in inputs),
     ):
         digest.update(str(part).encode())
-    for name, buffer in sorted(graph_module.named_buffers()):
-        digest.update(f"{name}{buffer.shape}{buffer.dtype}".encode())
-        digest.update(buffer.detach().cpu().flatten().numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
@@ -163,6 +185,7 @@ def _build(graph_module, examples, path: Path, what: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             aoti_compile(graph_module, examples, partial)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would keep it from others sharing the cache
         os.replace(partial, path)
     except Exception as error:
         raise CompileError(

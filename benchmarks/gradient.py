@@ -13,10 +13,12 @@ Issue 13: the same for the data-heavy regression (`benchmarks.cases.regression_d
 rows, 24 predictors correlated 0.9; the seed's linear model), written `X @ beta`
 (`LinearRegression`) and `beta @ X.T` (which `vmap` turns into a batched product over one copy
 of X per chain), at 4 and 1024 chains: the traced gradient of the working tree, of the tracer
-at `--before-rewrites` (the commit before issue 13's rewrites of the traced graph), and the same
-arithmetic written by hand for all chains in plain torch (`X @ B.T`, `r @ X`), checked to give
-the same numbers. The three alternate in each repeat; medians, and the medians of the ratios to
-the hand-written gradient of neighbouring blocks. Writes data_heavy.csv to `--out` when given.
+at `--before-rewrites` (the commit before issue 13's rewrites of the traced graph), the working
+tree's traced gradient compiled (`bayeslib.compiling`, as `sample(compile=True)` does; from its
+cache after the first run), and the same arithmetic written by hand for all chains in plain
+torch (`X @ B.T`, `r @ X`), checked to give the same numbers. The four alternate in each
+repeat; medians, and the medians of the ratios to the hand-written gradient of neighbouring
+blocks. Writes data_heavy.csv to `--out` when given.
 """
 
 import argparse
@@ -31,6 +33,7 @@ import pandas as pd
 import torch
 
 import bayeslib.tracing as current
+from bayeslib import compiling
 from bayeslib.models import Best, LinearRegression
 
 from .cases import regression_data
@@ -142,9 +145,11 @@ def data_heavy(model, chains: int, before_rewrites, repeats: int) -> dict:
     z = 0.1 * torch.randn(
         chains, model.dim, generator=torch.Generator().manual_seed(0), dtype=model.dtype
     )
+    traced = current.trace_logdensity(model, z)
     fns = {
         "hand": by_hand(model),
-        "traced": current.trace_logdensity(model, z),
+        "traced": traced,
+        "compiled": compiling.compile_function(traced, (z,), "the regression's gradient"),
         "before": before_rewrites.trace_logdensity(model, z),
     }
     expected = model.logdensity_and_grad(z)
@@ -166,8 +171,10 @@ def data_heavy(model, chains: int, before_rewrites, repeats: int) -> dict:
         "calls_per_block": calls,
         "hand_us": statistics.median(seconds["hand"]) * 1e6,
         "traced_us": statistics.median(seconds["traced"]) * 1e6,
+        "compiled_us": statistics.median(seconds["compiled"]) * 1e6,
         "before_us": statistics.median(seconds["before"]) * 1e6,
         "traced_over_hand": over_hand("traced"),
+        "compiled_over_hand": over_hand("compiled"),
         "before_over_hand": over_hand("before"),
     }
 
@@ -206,7 +213,8 @@ def main(argv=None) -> pd.DataFrame:
     print(
         f"\ndata-heavy regression (5000 x 24), per-gradient time, median of {args.repeats} "
         f"repeats, {args.threads} thread(s); traced = working tree, before = tracer at "
-        f"{args.before_rewrites}, hand = plain torch for all chains"
+        f"{args.before_rewrites}, compiled = working tree's, compiled; hand = plain torch for "
+        "all chains"
     )
     print(heavy.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     if args.out is not None:

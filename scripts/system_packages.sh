@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the slow tests start for real: headless Chromium (report and MLflow pages)
-# and a one-node SLURM cluster (slurm-wlm, slurm-client, munge; scripts/slurm).
+# Debian packages the tests start for real: headless Chromium (report and MLflow pages), a
+# one-node SLURM cluster (slurm-wlm, slurm-client, munge; scripts/slurm), and the C++ compiler
+# that sample(compile=True) builds its libraries with (g++).
 # Installs only what is missing, with apt-get as root (through sudo when run as a user).
 # Usage: bash scripts/system_packages.sh [PACKAGE ...] (default: all of the above)
 set -euo pipefail
 packages=("$@")
-((${#packages[@]})) || packages=(chromium chromium-driver slurm-wlm slurm-client munge)
+((${#packages[@]})) || packages=(chromium chromium-driver slurm-wlm slurm-client munge g++)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -115,19 +115,37 @@ def test_compiled_runs_follow_the_uncompiled_draws_and_find_the_truth(sampler, c
         assert torch.equal(again.stats[name], compiled.stats[name]), name
 
 
-def test_the_library_is_named_by_what_it_is_compiled_from():
-    """Other data (a constant of the graph), another function or another layout of the
-    inputs: another library; the same: the same one."""
+def test_the_library_is_named_by_the_graph_and_layouts_not_the_data():
+    """The data are inputs of the library: other data of the same shape, the same library;
+    another function, data of another shape, or another layout of the inputs: another."""
     z = torch.randn(4, 3, dtype=torch.float64)
     data = torch.arange(3.0, dtype=torch.float64)
 
     def key(fn, x=z):
-        return compiling._key(recorded(fn, x), [x])
+        graph_module = recorded(fn, x)
+        return compiling._key(graph_module, compiling._constants_as_inputs(graph_module) + [x])
 
-    assert key(lambda x: x * data) == key(lambda x: x * data)
-    assert key(lambda x: x * data) != key(lambda x: x * (data + 1))
+    assert key(lambda x: x * data) == key(lambda x: x * (data + 1))
     assert key(lambda x: x * data) != key(lambda x: x + data)
+    assert key(lambda x: x * data) != key(lambda x: x * data[:1])
     assert key(lambda x: x * data) != key(lambda x: x * data, z[:2].clone())
+
+
+def test_a_library_compiled_for_one_data_set_computes_with_another():
+    """Compiled at one data set's values, called on another's (same shapes): that data
+    set's log density and gradient, to rounding, from the same library."""
+    chains = 4
+    z = 0.3 * torch.randn(
+        chains, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    rng = np.random.default_rng(7)
+    other = Best(rng.normal(3.0, 1.0, 30), rng.normal(-1.0, 0.5, 25))
+    first = compiling.compile_function(make_target(best(), z).logdensity_and_grad, (z,))
+    second_target = make_target(other, z)
+    second = compiling.compile_function(second_target.logdensity_and_grad, (z,))
+    assert second.path == first.path
+    for got, want in zip(second(z), other.logdensity_and_grad(z), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_compile_without_a_cxx_compiler_is_refused_before_sampling(monkeypatch):
