@@ -84,11 +84,11 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
     flat_examples, in_spec = _flatten(tuple(examples))
     # Distinct tensors: export takes one tensor passed twice for one input of the graph.
     flat_examples = [x.detach().clone(memory_format=torch.contiguous_format) for x in flat_examples]
-    out_spec = None
+    arguments, out_spec = _unflattener(in_spec), None
 
     def flat_fn(*flat):
         nonlocal out_spec
-        outputs, out_spec = _flatten(fn(*_unflatten(iter(flat), in_spec)))
+        outputs, out_spec = _flatten(fn(*arguments(flat)))
         return tuple(outputs)
 
     try:
@@ -102,9 +102,10 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
         _build(graph_module, inputs, path, what)
     run = aoti_load(path).run
 
+    flatten, unflatten = _flattener(in_spec), _unflattener(out_spec)
+
     def compiled(*args):
-        flat = [x.contiguous() for x in _flatten(args)[0]]
-        return _unflatten(iter(run(constants + flat)), out_spec)
+        return unflatten(run(constants + flatten(args)))
 
     _check(flat_fn(*flat_examples), _flatten(compiled(*examples))[0], what)
     compiled.path = path
@@ -127,16 +128,47 @@ def _flatten(value) -> tuple[list, object]:
     return flat, (type(value), specs)
 
 
-def _unflatten(tensors, spec):
-    """`_flatten` undone: the structure `spec` filled from the iterator `tensors`."""
-    if spec is None:
-        return next(tensors)
-    kind, specs = spec
-    if kind is dict:
-        keys, values = specs
-        return dict(zip(keys, _unflatten(tensors, values), strict=True))
-    items = [_unflatten(tensors, s) for s in specs]
-    return kind(*items) if hasattr(kind, "_fields") else kind(items)
+def _flattener(spec):
+    """`_flatten` for values of structure `spec`, as one generated expression (`_flatten`'s
+    recursion costs more per call than the compiled leaf's arithmetic). Tensors come out
+    contiguous, as the library reads them."""
+    paths = []
+
+    def walk(spec, path):
+        if spec is None:
+            paths.append(f"{path}.contiguous()")
+        elif spec[0] is dict:
+            keys, (_, specs) = spec[1]
+            for key, item in zip(keys, specs, strict=True):
+                walk(item, f"{path}[{key!r}]")
+        else:
+            for i, item in enumerate(spec[1]):
+                walk(item, f"{path}[{i}]")
+
+    walk(spec, "args")
+    return eval(f"lambda args: [{', '.join(paths)}]")
+
+
+def _unflattener(spec):
+    """`_flatten` undone: a list of tensors into structure `spec`, by one generated
+    expression."""
+    scope, count = {}, iter(range(1 << 30))
+
+    def build(spec) -> str:
+        if spec is None:
+            return f"out[{next(count)}]"
+        kind, specs = spec
+        if kind is dict:
+            keys, (_, specs) = specs
+            pairs = zip(keys, specs, strict=True)
+            return "{" + ", ".join(f"{key!r}: {build(item)}" for key, item in pairs) + "}"
+        items = ", ".join(build(item) for item in specs)
+        if hasattr(kind, "_fields"):  # a NamedTuple
+            return f"{scope.setdefault(kind, f'kind{len(scope)}')}({items})"
+        return f"[{items}]" if kind is list else f"({items},)"
+
+    expression = build(spec)
+    return eval(f"lambda out: {expression}", {name: kind for kind, name in scope.items()})
 
 
 def _constants_as_inputs(graph_module) -> list:
