@@ -14,6 +14,7 @@ from test_tracing import Branching
 import bayeslib as bl
 from bayeslib import compiling
 from bayeslib.models import Best
+from bayeslib.samplers import nuts
 from bayeslib.samplers.metrics import make_metric
 from bayeslib.samplers.nuts import SubTree, check_masks, checkpoint_indices, leaf
 from bayeslib.tracing import make_target, recorded
@@ -85,6 +86,53 @@ def test_the_compiled_leaf_is_the_leaf():
                 torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12, equal_nan=True)
             else:
                 assert torch.equal(g, e), n
+
+
+def test_the_compiled_join_is_the_join_and_the_next_begin():
+    """The join of a sub-tree of 3 built leaves to the tree, compiled over rows for every leaf
+    a sub-tree can have (those not built: 0 and False), then the next sub-tree's start: the
+    values of `_join` on the 3 built rows and `_begin`, to rounding."""
+    model = best()
+    chains, dim = 6, model.dim
+    generator = torch.Generator().manual_seed(1)
+    target = make_target(model, torch.zeros(chains, dim, dtype=torch.float64))
+    target = target._replace(compiled=compiling.Compiled())
+    sub, eps, metric, h0, _, _ = random_leaf_arguments(generator, chains, dim)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    tree = {key: randn(chains, dim) for key in nuts.TREE_KEYS}
+    for key in ("lp_prop", "prop_log_weight", "log_weight", "sum_accept", "lp0"):
+        tree[key] = randn(chains)
+    tree["step_size"] = torch.rand(chains, generator=generator, dtype=torch.float64)
+    tree["active"] = torch.rand(chains, generator=generator) < 0.7
+    tree["depth"] = torch.full((chains,), 2)
+    tree["n_steps"] = torch.full((chains,), 3)
+    tree["diverging"] = torch.zeros(chains, dtype=torch.bool)
+    tree["metric"] = metric
+    rows = 2 ** (MAX_TREE_DEPTH - 1)
+    leaf_log_weights, leaf_active = (
+        torch.zeros(rows, chains, dtype=torch.float64),
+        torch.zeros(rows, chains, dtype=torch.bool),
+    )
+    leaf_log_weights[:3] = -2.0 * torch.rand(3, chains, generator=generator, dtype=torch.float64)
+    leaf_log_weights[2, 1] = -5000.0  # diverged
+    leaf_active[:3] = torch.rand(3, chains, generator=generator) < 0.8
+    leaf_active[2, 1] = True
+    right = torch.rand(chains, generator=generator) < 0.5
+    accept_u, next_u = torch.rand(2, chains, generator=generator, dtype=torch.float64)
+    ws = {**tree, "sub": sub, "right": right, "uniforms": torch.stack([next_u, accept_u])[:, None]}
+    join = nuts.compiled_join(target, ws, (leaf_log_weights, leaf_active), 1000.0)
+    got = join(tree, sub, leaf_log_weights, leaf_active, right, accept_u, next_u)
+    expected = nuts._join(tree, sub, leaf_log_weights[:3], leaf_active[:3], right, accept_u, 1000.0)
+    expected = {**expected, **nuts._begin({**tree, **expected}, next_u)}
+    assert bool(expected["diverging"][1]) and set(got) == set(expected)
+    for name in expected:
+        for e, g in zip(
+            *(compiling._flatten(v)[0] for v in (expected[name], got[name])), strict=True
+        ):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12, equal_nan=True, msg=name)
 
 
 @pytest.mark.parametrize("sampler", ["nuts", "hmc"])

@@ -62,9 +62,6 @@ def nuts_step(
     # own (a sub-tree that every chain has left draws no more); off it, a graph cannot draw
     # from the generator, so each doubling's are drawn before it, with or without graphs.
     leaf_generator = generator if draws_each_leaf(device) else None
-    leaf_fn = None
-    if target.compiled is not None:
-        leaf_fn = compiled_leaf(target, ws, max_tree_depth, max_delta_energy)
     for d in range(max_tree_depth):
         if leaf_generator is None:
             neg_log_u = torch.empty(2**d, chains, dtype=dtype, device=device)
@@ -76,7 +73,7 @@ def nuts_step(
             max_delta_energy=max_delta_energy,
             max_tree_depth=max_tree_depth,
             generator=leaf_generator,
-            leaf_fn=leaf_fn,
+            target=target,
         )
         ws = run_phase(graphs, ("nuts", d, max_delta_energy), doubling, ws)
         if not bool(ws["active"].any()):
@@ -215,17 +212,16 @@ def check_masks(max_tree_depth: int, device: torch.device) -> Tensor:
 
 def compiled_leaf(target: Target, ws: dict, max_tree_depth: int, max_delta_energy: float):
     """`leaf` with the target's log density, compiled (`target.compiled`) for the chains of
-    workspace `ws`, whose values are the examples it is checked at."""
+    workspace `ws` (a doubling's, once its sub-tree has begun), whose values are the examples
+    it is checked at."""
     metric = ws["metric"]
 
     def build():
-        z0, lp0, r0, grad0 = ws["z0"], ws["lp0"], ws["r0"], ws["grad0"]
-        chains, dim = z0.shape
-        sub = SubTree(z0, r0, grad0, lp0, z0, lp0, grad0, lp0, r0, lp0 > -math.inf)
-        checkpoints = tuple(z0.new_zeros(3, max_tree_depth, chains, dim))
+        z0 = ws["z0"]
+        checkpoints = tuple(z0.new_zeros(3, max_tree_depth, *z0.shape))
         checks = check_masks(max_tree_depth, z0.device)[1]
-        eps = ws["step_size"].unsqueeze(-1)
-        examples = (sub, eps, metric, lp0, torch.ones_like(lp0), checkpoints, checks)
+        neg_log_u = torch.ones_like(ws["lp0"])
+        examples = (ws["sub"], ws["eps"], metric, ws["h0"], neg_log_u, checkpoints, checks)
         fn = functools.partial(
             leaf,
             logdensity_and_grad=target.logdensity_and_grad,
@@ -237,123 +233,105 @@ def compiled_leaf(target: Target, ws: dict, max_tree_depth: int, max_delta_energ
     return target.compiled.function(key, "the NUTS leaf", build)
 
 
-def _doubling(
-    ws: dict,
-    d: int,
-    logdensity_and_grad,
-    max_delta_energy: float,
-    max_tree_depth: int,
-    generator=None,
-    leaf_fn=None,
-) -> dict:
-    """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
-    chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
-    comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given.
-    `leaf_fn`: `leaf` compiled (`compiled_leaf`), or None to run it operation by operation."""
-    leaf_options = {
-        "logdensity_and_grad": logdensity_and_grad,
-        "max_delta_energy": max_delta_energy,
-    }
-    if d == 0:
-        ws = {**ws, **_start(ws)}
-    metric, h0, lp0 = ws["metric"], ws["h0"], ws["lp0"]
-    chains, dim = ws["z0"].shape
-    inf = math.inf
-    active = ws["active"]
-    right = ws["uniforms"][0, d] < 0.5
+# What `_join` and `_begin` read of a doubling's workspace.
+TREE_KEYS = (
+    "z_left", "r_left", "g_left", "z_right", "r_right", "g_right", "z_prop", "g_prop", "lp_prop",
+    "prop_log_weight", "log_weight", "r_sum", "active", "depth", "sum_accept", "n_steps",
+    "diverging", "metric", "step_size", "lp0",
+)  # fmt: skip
+
+
+def compiled_join(target: Target, ws: dict, leaf_arrays: tuple, max_delta_energy: float):
+    """`_join` followed by the next doubling's `_begin`, compiled (`target.compiled`) for
+    workspace `ws` and `leaf_arrays` (log weights and activity of every possible leaf of a
+    sub-tree: the rows of leaves not built are 0 and False)."""
+
+    def join_and_begin(tree, sub, leaf_log_weights, leaf_active, right, accept_u, next_u):
+        new = _join(tree, sub, leaf_log_weights, leaf_active, right, accept_u, max_delta_energy)
+        return {**new, **_begin({**tree, **new}, next_u)}
+
+    def build():
+        uniforms = ws["uniforms"]
+        tree = {key: ws[key] for key in TREE_KEYS}
+        examples = (tree, ws["sub"], *leaf_arrays, ws["right"], uniforms[1, 0], uniforms[0, 0])
+        return join_and_begin, examples
+
+    key = ("nuts join", type(ws["metric"]).__name__, leaf_arrays[0].shape[0], max_delta_energy)
+    return target.compiled.function(key, "the NUTS tree's join", build)
+
+
+def _begin(tree: dict, uniform: Tensor) -> dict:
+    """A new sub-tree: each chain's direction (forward where `uniform` < 0.5), its signed
+    step size ``eps`` ``[chains, 1]``, and the `SubTree` it starts from at that end of the
+    tree."""
+    active = tree["active"]
+    right = uniform < 0.5
     right_col = right.unsqueeze(-1)
-    eps = torch.where(right, ws["step_size"], -ws["step_size"]).unsqueeze(-1)
-    z = torch.where(right_col, ws["z_right"], ws["z_left"])
+    eps = torch.where(right, tree["step_size"], -tree["step_size"]).unsqueeze(-1)
+    z = torch.where(right_col, tree["z_right"], tree["z_left"])
     # A chain that is done waits with zero momentum and gradient, so that its leapfrog
     # steps stay where its log density was already evaluated: no needless evaluation
     # (which could raise, or be NaN) past the end of its trajectory.
     active_col = active.unsqueeze(-1)
-    r = torch.where(active_col, torch.where(right_col, ws["r_right"], ws["r_left"]), 0.0)
-    grad = torch.where(active_col, torch.where(right_col, ws["g_right"], ws["g_left"]), 0.0)
-    # Checkpoints of momentum, velocity and momentum sum at even leaves of the sub-tree
-    # (`checkpoint_indices` of its leaves stay below d). A compiled leaf takes them whole, of
-    # one shape at every depth, with a mask of the ones it checks.
-    slots = max_tree_depth if leaf_fn is not None else max(1, d)
-    r_ckpts, v_ckpts, r_sum_ckpts = z.new_zeros(3, slots, chains, dim)
-    # Per leaf of the sub-tree: its log weight, and whether its chain was active.
-    n_leaves = 2**d
-    leaf_log_weights = z.new_empty(n_leaves, chains)
-    leaf_active = torch.empty(n_leaves, chains, dtype=torch.bool, device=z.device)
-    neg_log_u = ws[f"neg_log_u{d}"] if generator is None else None
-    # Stopping a sub-tree as soon as every chain has left it costs a device sync per leaf:
-    # cheap on the CPU, where small batches often all stop early; on a GPU only the
-    # doublings sync.
-    sync_each_leaf = z.device.type == "cpu"
-
-    # The new sub-tree, its proposal drawn in proportion to the weights.
+    r = torch.where(active_col, torch.where(right_col, tree["r_right"], tree["r_left"]), 0.0)
+    grad = torch.where(active_col, torch.where(right_col, tree["g_right"], tree["g_left"]), 0.0)
     sub = SubTree(
         z=z,
         r=r,
         grad=grad,
-        log_weight=torch.full_like(lp0, -inf),
+        log_weight=torch.full_like(tree["lp0"], -math.inf),
         z_prop=z,
-        lp_prop=lp0,
+        lp_prop=tree["lp0"],
         g_prop=grad,
-        prop_log_weight=ws["prop_log_weight"],
+        prop_log_weight=tree["prop_log_weight"],
         r_sum=torch.zeros_like(r),
         active=active,
     )
-    for n in range(n_leaves):
-        if generator is None:
-            leaf_neg_log_u = neg_log_u[n]
-        else:
-            leaf_neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
-        leaf_active[n] = sub.active
-        idx_min, idx_max = checkpoint_indices(n)
-        if leaf_fn is not None:
-            checks = check_masks(max_tree_depth, z.device)[n]
-            args = (sub, eps, metric, h0, leaf_neg_log_u, (r_ckpts, v_ckpts, r_sum_ckpts), checks)
-            sub, leaf_log_weight, r1, v1 = leaf_fn(*args)
-        else:
-            span = slice(idx_min, idx_max + 1)
-            checkpoints = None if n % 2 == 0 else (r_ckpts[span], v_ckpts[span], r_sum_ckpts[span])
-            sub, leaf_log_weight, r1, v1 = leaf(
-                sub, eps, metric, h0, leaf_neg_log_u, checkpoints, None, **leaf_options
-            )
-        leaf_log_weights[n] = leaf_log_weight
-        if n % 2 == 0:
-            r_ckpts[idx_max] = r1
-            v_ckpts[idx_max] = v1
-            r_sum_ckpts[idx_max] = sub.r_sum
-        if sync_each_leaf and n + 1 < n_leaves and not bool(sub.active.any()):
-            break
+    return {"sub": sub, "eps": eps, "right": right}
 
-    built = n + 1
-    was_active = leaf_active[:built]
-    built_log_weights = leaf_log_weights[:built]
+
+def _join(
+    tree: dict,
+    sub: SubTree,
+    leaf_log_weights: Tensor,
+    leaf_active: Tensor,
+    right: Tensor,
+    accept_u: Tensor,
+    max_delta_energy: float,
+) -> dict:
+    """The tree after its new sub-tree `sub`, whose leaves had `leaf_log_weights` and
+    `leaf_active` (``[leaves, chains]``): the sub-tree joins the tree where it is complete,
+    and the proposal moves into it with probability min(1, w_sub / w_tree) (biased
+    progressive sampling, `accept_u` uniform); a chain stays active unless the sub-tree
+    turned or diverged, or the tree now turns."""
+    metric, active = tree["metric"], tree["active"]
     # Clamped below so that exp stays off the slow path of subnormal results; a leaf
     # that far out adds under 1e-17 to the statistic.
-    sum_accept = ws["sum_accept"] + (built_log_weights.clamp(-40.0, 0.0).exp() * was_active).sum(0)
-    n_steps = ws["n_steps"] + was_active.sum(0)
-    diverging = ws["diverging"] | ((built_log_weights < -max_delta_energy) & was_active).any(0)
+    accept_stat = (leaf_log_weights.clamp(-40.0, 0.0).exp() * leaf_active).sum(0)
+    sum_accept = tree["sum_accept"] + accept_stat
+    n_steps = tree["n_steps"] + leaf_active.sum(0)
+    diverged = (leaf_log_weights < -max_delta_energy) & leaf_active
+    diverging = tree["diverging"] | diverged.any(0)
     # A chain's sub-tree is complete when it was active to its last leaf.
     complete = sub.active
-
-    # Join the sub-tree to the tree: move the proposal into it with probability
-    # min(1, w_sub / w_tree), unless it turned or diverged (biased progressive sampling).
-    accept = complete & (ws["uniforms"][1, d].log() < sub.log_weight - ws["log_weight"])
+    accept = complete & (accept_u.log() < sub.log_weight - tree["log_weight"])
     accept_col = accept.unsqueeze(-1)
     grow_right = (complete & right).unsqueeze(-1)
     grow_left = (complete & ~right).unsqueeze(-1)
     new = {
-        "z_prop": torch.where(accept_col, sub.z_prop, ws["z_prop"]),
-        "g_prop": torch.where(accept_col, sub.g_prop, ws["g_prop"]),
-        "lp_prop": torch.where(accept, sub.lp_prop, ws["lp_prop"]),
-        "prop_log_weight": torch.where(accept, sub.prop_log_weight, ws["prop_log_weight"]),
-        "depth": ws["depth"] + active,
-        "log_weight": torch.logaddexp(ws["log_weight"], sub.log_weight),
-        "r_sum": ws["r_sum"] + sub.r_sum,
-        "z_right": torch.where(grow_right, sub.z, ws["z_right"]),
-        "r_right": torch.where(grow_right, sub.r, ws["r_right"]),
-        "g_right": torch.where(grow_right, sub.grad, ws["g_right"]),
-        "z_left": torch.where(grow_left, sub.z, ws["z_left"]),
-        "r_left": torch.where(grow_left, sub.r, ws["r_left"]),
-        "g_left": torch.where(grow_left, sub.grad, ws["g_left"]),
+        "z_prop": torch.where(accept_col, sub.z_prop, tree["z_prop"]),
+        "g_prop": torch.where(accept_col, sub.g_prop, tree["g_prop"]),
+        "lp_prop": torch.where(accept, sub.lp_prop, tree["lp_prop"]),
+        "prop_log_weight": torch.where(accept, sub.prop_log_weight, tree["prop_log_weight"]),
+        "depth": tree["depth"] + active,
+        "log_weight": torch.logaddexp(tree["log_weight"], sub.log_weight),
+        "r_sum": tree["r_sum"] + sub.r_sum,
+        "z_right": torch.where(grow_right, sub.z, tree["z_right"]),
+        "r_right": torch.where(grow_right, sub.r, tree["r_right"]),
+        "g_right": torch.where(grow_right, sub.grad, tree["g_right"]),
+        "z_left": torch.where(grow_left, sub.z, tree["z_left"]),
+        "r_left": torch.where(grow_left, sub.r, tree["r_left"]),
+        "g_left": torch.where(grow_left, sub.grad, tree["g_left"]),
         "sum_accept": sum_accept,
         "n_steps": n_steps,
         "diverging": diverging,
@@ -366,6 +344,98 @@ def _doubling(
         new["r_sum"],
     )
     new["active"] = complete & ~turned
+    return new
+
+
+def _doubling(
+    ws: dict,
+    d: int,
+    logdensity_and_grad,
+    max_delta_energy: float,
+    max_tree_depth: int,
+    generator=None,
+    target: Target | None = None,
+) -> dict:
+    """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
+    chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
+    comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given.
+    With ``target.compiled``, the leaves and the join (with the next doubling's start) run
+    compiled (`compiled_leaf`, `compiled_join`)."""
+    compiled = target is not None and target.compiled is not None
+    if d == 0:
+        ws = {**ws, **_start(ws)}
+    if d == 0 or not compiled:  # compiled, the previous join began this sub-tree
+        ws = {**ws, **_begin(ws, ws["uniforms"][0, d])}
+    metric, h0, lp0, eps = ws["metric"], ws["h0"], ws["lp0"], ws["eps"]
+    chains, dim = ws["z0"].shape
+    z = ws["z0"]
+    # Checkpoints of momentum, velocity and momentum sum at even leaves of the sub-tree
+    # (`checkpoint_indices` of its leaves stay below d). A compiled leaf takes them whole, of
+    # one shape at every depth, with a mask of the ones it checks.
+    slots = max_tree_depth if compiled else max(1, d)
+    r_ckpts, v_ckpts, r_sum_ckpts = z.new_zeros(3, slots, chains, dim)
+    # Per leaf of the sub-tree: its log weight, and whether its chain was active. Compiled:
+    # rows for every leaf a sub-tree can have, those not built 0 and False.
+    n_leaves = 2**d
+    if compiled:
+        rows = 2 ** (max_tree_depth - 1)
+        leaf_log_weights = z.new_zeros(rows, chains)
+        leaf_active = torch.zeros(rows, chains, dtype=torch.bool, device=z.device)
+        leaf_fn = compiled_leaf(target, ws, max_tree_depth, max_delta_energy)
+    else:
+        leaf_log_weights = z.new_empty(n_leaves, chains)
+        leaf_active = torch.empty(n_leaves, chains, dtype=torch.bool, device=z.device)
+    neg_log_u = ws[f"neg_log_u{d}"] if generator is None else None
+    # Stopping a sub-tree as soon as every chain has left it costs a device sync per leaf:
+    # cheap on the CPU, where small batches often all stop early; on a GPU only the
+    # doublings sync.
+    sync_each_leaf = z.device.type == "cpu"
+
+    # The new sub-tree, its proposal drawn in proportion to the weights.
+    sub = ws["sub"]
+    for n in range(n_leaves):
+        if generator is None:
+            leaf_neg_log_u = neg_log_u[n]
+        else:
+            leaf_neg_log_u = torch.empty_like(lp0).exponential_(generator=generator)
+        leaf_active[n] = sub.active
+        idx_min, idx_max = checkpoint_indices(n)
+        if compiled:
+            checks = check_masks(max_tree_depth, z.device)[n]
+            args = (sub, eps, metric, h0, leaf_neg_log_u, (r_ckpts, v_ckpts, r_sum_ckpts), checks)
+            sub, leaf_log_weight, r1, v1 = leaf_fn(*args)
+        else:
+            span = slice(idx_min, idx_max + 1)
+            checkpoints = None if n % 2 == 0 else (r_ckpts[span], v_ckpts[span], r_sum_ckpts[span])
+            sub, leaf_log_weight, r1, v1 = leaf(
+                sub,
+                eps,
+                metric,
+                h0,
+                leaf_neg_log_u,
+                checkpoints,
+                None,
+                logdensity_and_grad,
+                max_delta_energy,
+            )
+        leaf_log_weights[n] = leaf_log_weight
+        if n % 2 == 0:
+            r_ckpts[idx_max] = r1
+            v_ckpts[idx_max] = v1
+            r_sum_ckpts[idx_max] = sub.r_sum
+        if sync_each_leaf and n + 1 < n_leaves and not bool(sub.active.any()):
+            break
+
+    uniforms = ws["uniforms"]
+    if compiled:
+        join = compiled_join(target, ws, (leaf_log_weights, leaf_active), max_delta_energy)
+        tree = {key: ws[key] for key in TREE_KEYS}
+        next_u = uniforms[0, min(d + 1, max_tree_depth - 1)]
+        new = join(tree, sub, leaf_log_weights, leaf_active, ws["right"], uniforms[1, d], next_u)
+    else:
+        built = slice(0, n + 1)
+        leaf_arrays = (leaf_log_weights[built], leaf_active[built])
+        new = _join(ws, sub, *leaf_arrays, ws["right"], uniforms[1, d], max_delta_energy)
     if d == 0:
         new["h0"] = h0
     return new
