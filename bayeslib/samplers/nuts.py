@@ -69,11 +69,10 @@ def nuts_step(
         doubling = functools.partial(
             _doubling,
             d=d,
-            logdensity_and_grad=target.logdensity_and_grad,
+            target=target,
             max_delta_energy=max_delta_energy,
             max_tree_depth=max_tree_depth,
             generator=leaf_generator,
-            target=target,
         )
         ws = run_phase(graphs, ("nuts", d, max_delta_energy), doubling, ws)
         if not bool(ws["active"].any()):
@@ -350,18 +349,17 @@ def _join(
 def _doubling(
     ws: dict,
     d: int,
-    logdensity_and_grad,
+    target: Target,
     max_delta_energy: float,
     max_tree_depth: int,
     generator=None,
-    target: Target | None = None,
 ) -> dict:
     """Doubling `d` (from 0) of every chain's tree: a new sub-tree of ``2**d`` leaves in each
     chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
     comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given.
     With ``target.compiled``, the leaves and the join (with the next doubling's start) run
     compiled (`compiled_leaf`, `compiled_join`)."""
-    compiled = target is not None and target.compiled is not None
+    compiled = target.compiled is not None
     if d == 0:
         ws = {**ws, **_start(ws)}
     if d == 0 or not compiled:  # compiled, the previous join began this sub-tree
@@ -415,7 +413,7 @@ def _doubling(
                 leaf_neg_log_u,
                 checkpoints,
                 None,
-                logdensity_and_grad,
+                target.logdensity_and_grad,
                 max_delta_energy,
             )
         leaf_log_weights[n] = leaf_log_weight
