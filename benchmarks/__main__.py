@@ -11,6 +11,11 @@ posterior means; prints medians and the ratios of bayeslib's samplers to each pe
 figure; writes CSV files and PNG plots (Pyro, one eager chain at a time, sits out the
 regression). Then the scaling study over the number of chains.
 
+`bayeslib-hmc-compiled` and `bayeslib-nuts-compiled` sample with `compile=True`: each runs
+once before its repeats, to compile its libraries or find them in the cache (that run's wall
+is printed and kept in comparison_runs.csv as repeat -1, not in the medians); the repeats
+load them from the cache, as every run after a model's first does.
+
 `--device cuda` runs instead the GPU study (about 5 minutes on one GPU): BEST, 500 + 500,
 float64, at 1024 and 16384 chains, bayeslib's HMC and NUTS (with captured CUDA graphs, and
 with every operation launched on its own) and NumPyro vectorized, once each; writes gpu.csv.

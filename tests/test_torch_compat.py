@@ -204,3 +204,36 @@ def test_unsafe_view_and_to_copy_are_what_reshape_and_to_issue():
     assert tc.TO_COPY in ops
     ops = [f for f, *_ in recorded(lambda x: torch.matmul(x, torch.ones(2, 3, 4)), x.float())]
     assert tc.UNSAFE_VIEW in ops
+
+
+def test_aoti_compiles_a_graph_of_aten_operations_and_loads_it_without_inductor(tmp_path):
+    """`aoti_compile` packages an FX graph of ATen operations (with a constant, as the
+    recorder leaves the data) for inputs laid out as the examples; `aoti_load` runs it, in a
+    fresh process that has not imported torch._inductor (about two seconds) and does not
+    import it to load."""
+    graph = torch.fx.Graph()
+    x, c = graph.placeholder("x"), graph.placeholder("c")
+    y = graph.call_function(aten.mul.Tensor, (x, c))
+    graph.output(
+        (
+            graph.call_function(aten.add.Tensor, (y, 1.0)),
+            graph.call_function(aten.sum.default, (y,)),
+        )
+    )
+    module = torch.fx.GraphModule(torch.nn.Module(), graph)
+    examples = [torch.randn(4, 3, dtype=torch.float64), torch.arange(3.0, dtype=torch.float64)]
+    path = tmp_path / "f.pt2"
+    tc.aoti_compile(module, examples, path)
+    code = f"""
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("torch_compat", {tc.__file__!r})
+tc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tc)
+x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(4, 3)
+c = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+added, total = tc.aoti_load({str(path)!r}).run([x, c])
+assert torch.allclose(added, x * c + 1) and torch.allclose(total, (x * c).sum())
+print("torch._inductor" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
