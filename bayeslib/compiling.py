@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -214,9 +213,7 @@ def _build(graph_module, examples, path: Path, what: str) -> None:
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
     os.close(handle)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aoti_compile(graph_module, examples, partial)
+        aoti_compile(graph_module, examples, partial)
         os.chmod(partial, 0o644)  # mkstemp's 0600 would keep it from others sharing the cache
         os.replace(partial, path)
     except Exception as error:

@@ -5,6 +5,8 @@ None of these is covered by PyTorch's compatibility promise. Each one is tested 
 that removes or changes one fails those tests by name instead of changing traced log densities.
 """
 
+import warnings
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -89,8 +91,10 @@ def aoti_compile(graph_module, examples, path) -> None:
     as `examples`, packaged at `path` (`bayeslib.compiling`)."""
     import torch._inductor  # about two seconds: only where something is compiled
 
-    program = torch.export.export(graph_module, tuple(examples), strict=False)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    with warnings.catch_warnings():  # deprecations inside torch.export and Inductor
+        warnings.simplefilter("ignore")
+        program = torch.export.export(graph_module, tuple(examples), strict=False)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
 def aoti_load(path):

@@ -49,6 +49,23 @@ def test_smoke_benchmark_of_bayeslib(tmp_path):
     assert "best bayeslib" in set(ratios.bayeslib)
 
 
+def test_smoke_benchmark_of_a_compiled_contender(tmp_path):
+    """A compiled contender runs once first (repeat -1: compiling, its wall kept, not in the
+    medians), then its repeats, whose draws are sane."""
+    main(
+        ["--smoke", "--only", "bayeslib-nuts-compiled", "--cases", "best", "--skip-scaling"]
+        + ["--out", str(tmp_path)]
+    )
+    runs = pd.read_csv(tmp_path / "comparison_runs.csv")
+    assert list(runs.repeat) == [-1, 0]
+    first, repeats = runs[runs.repeat < 0], runs[runs.repeat >= 0]
+    assert (first.wall_s > 0).all() and first.min_ess.isna().all()
+    assert_min_ess_figures(repeats)
+    medians = pd.read_csv(tmp_path / "comparison.csv")
+    assert medians.wall_s.tolist() == repeats.wall_s.tolist()
+    assert repeats.max_r_hat.max() < 1.1
+
+
 def test_smoke_benchmark_of_the_data_heavy_regression(tmp_path):
     main(
         ["--smoke", "--only", "bayeslib-nuts", "--cases", "regression", "--skip-scaling"]
