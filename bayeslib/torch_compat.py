@@ -1,4 +1,5 @@
-"""Every private PyTorch name the tracer (`bayeslib.tracing`) uses, in one place.
+"""Every private PyTorch name the tracer (`bayeslib.tracing`) and the compiler
+(`bayeslib.compiling`) use, in one place.
 
 None of these is covered by PyTorch's compatibility promise. Each one is tested in
 `tests/test_torch_compat.py` for the behaviour the tracer relies on, so that a torch release
