@@ -146,9 +146,8 @@ def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
     }
 
     def build():
-        return functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad), (
-            ws,
-        )
+        fn = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+        return fn, (ws,)
 
     key = ("hmc step", type(metric).__name__)
     step = target.compiled.function(key, "the HMC leapfrog step", build)
