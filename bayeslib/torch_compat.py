@@ -6,6 +6,7 @@ None of these is covered by PyTorch's compatibility promise. Each one is tested 
 that removes or changes one fails those tests by name instead of changing traced log densities.
 """
 
+import logging
 import warnings
 
 import torch
@@ -92,10 +93,18 @@ def aoti_compile(graph_module, examples, path) -> None:
     as `examples`, packaged at `path` (`bayeslib.compiling`)."""
     import torch._inductor  # about two seconds: only where something is compiled
 
-    with warnings.catch_warnings():  # deprecations inside torch.export and Inductor
-        warnings.simplefilter("ignore")
-        program = torch.export.export(graph_module, tuple(examples), strict=False)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    # Deprecations inside torch.export and Inductor, and Inductor's log lines about how it
+    # runs operations it has no C++ for (linear algebra: through ATen, which is right).
+    inductor_log = logging.getLogger("torch._inductor")
+    level = inductor_log.level
+    inductor_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(graph_module, tuple(examples), strict=False)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    finally:
+        inductor_log.setLevel(level)
 
 
 def aoti_load(path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_sample import RHO, Correlated, assert_within_mcse
-from test_tracing import Branching
+from test_tracing import Branching, failing_z, poisson_gp, random_z
 
 import bayeslib as bl
 from bayeslib import compiling
@@ -17,7 +17,7 @@ from bayeslib.models import Best
 from bayeslib.samplers import nuts
 from bayeslib.samplers.metrics import make_metric
 from bayeslib.samplers.nuts import SubTree, check_masks, checkpoint_indices, leaf
-from bayeslib.tracing import make_target, recorded
+from bayeslib.tracing import make_target, recorded, trace_logdensity
 
 MAX_TREE_DEPTH = 6
 
@@ -196,6 +196,23 @@ def test_a_library_compiled_for_one_data_set_computes_with_another():
     assert second.path == first.path
     for got, want in zip(second(z), other.logdensity_and_grad(z), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_compiled_cholesky_gives_nan_for_the_chains_where_it_fails():
+    """A GP's traced log density and gradient compiled (Inductor runs the Cholesky through
+    ATen from the library): NaN for the chains whose factorisation fails, the model's own
+    values for the others."""
+    model, chains = poisson_gp(), 6
+    traced = trace_logdensity(model, random_z(model, chains, seed=0, scale=0.3))
+    compiled = compiling.compile_function(traced, (random_z(model, chains, seed=0, scale=0.3),))
+    z, bad = failing_z(model, chains, seed=1)
+    ok = torch.ones(chains, dtype=torch.bool)
+    ok[bad] = False
+    got_lp, got_grad = compiled(z)
+    assert got_lp[~ok].isnan().all() and got_grad[~ok].isnan().all()
+    lp, grad = model.logdensity_and_grad(z[ok])
+    torch.testing.assert_close(got_lp[ok], lp, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_grad[ok], grad, rtol=1e-10, atol=1e-10)
 
 
 def test_compile_without_a_cxx_compiler_is_refused_before_sampling(monkeypatch):
