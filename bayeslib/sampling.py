@@ -122,6 +122,11 @@ def sample(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     if compile:
+        if not traced:
+            raise ValueError(
+                "compile=True compiles the traced log density into the sampler's step: it "
+                "needs traced=True (the default)"
+            )
         check_compiler(device)
 
     model = model.to(device=device, dtype=dtype)

@@ -4,6 +4,7 @@ compiled runs against uncompiled ones and the truth, the cache, and the refusals
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,28 @@ def test_compile_without_a_cxx_compiler_is_refused_before_sampling(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     with pytest.raises(compiling.CompileError, match=r"C\+\+ compiler.*compile=False"):
         bl.sample(best(), compile=True, warmup=10, draws=10, progress=False)
+
+
+def test_compile_without_tracing_is_refused():
+    with pytest.raises(ValueError, match="compile=True.*traced=True"):
+        bl.sample(best(), compile=True, traced=False, warmup=10, draws=10, progress=False)
+
+
+def test_a_failed_compilation_names_the_fix_and_leaves_no_partial_library(monkeypatch, tmp_path):
+    """Inductor failing (here: made to fail) is a CompileError naming compile=False; the
+    half-written library is removed, and nothing is left in the cache."""
+
+    def fail(graph_module, examples, path):
+        Path(path).write_bytes(b"half a library")
+        raise RuntimeError("C++ compile error")
+
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(compiling, "aoti_compile", fail)
+    z = torch.zeros(4, 4, dtype=torch.float64)
+    target = make_target(best(), z)
+    with pytest.raises(compiling.CompileError, match=r"C\+\+ compile error.*compile=False"):
+        compiling.compile_function(target.logdensity_and_grad, (z,), "the gradient")
+    assert list((tmp_path / "compiled").iterdir()) == []
 
 
 def test_compile_off_the_cpu_is_refused_naming_the_fix():
