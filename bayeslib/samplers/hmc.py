@@ -116,14 +116,8 @@ def _trajectory(target, state, r0, step_size, metric, n_steps, fewest, most):
 def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
     """`_trajectory` as `most` replays of one captured leapfrog step, every step masked (the
     same values: a chain past its `n_steps`, or failed, keeps its state)."""
-    z0, lp0, grad0 = state
     graphs = target.graphs
-    values = {"z": z0, "r": r0, "lp": lp0, "grad": grad0, "step_size": step_size}
-    start = {
-        "failed": torch.zeros_like(lp0, dtype=torch.bool),
-        "k": torch.zeros((), dtype=torch.int64, device=z0.device),
-    }
-    ws = load(graphs, {**values, "metric": metric, "n_steps": n_steps, **start})
+    ws = load(graphs, _masked_start(state, r0, step_size, metric, n_steps))
     step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
     for _ in range(most):
         ws = run_phase(graphs, ("hmc",), step, ws)
@@ -132,18 +126,7 @@ def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
 
 def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
     """`_trajectory` as `most` calls of one compiled leapfrog step, every step masked."""
-    z0, lp0, grad0 = state
-    ws = {
-        "z": z0,
-        "r": r0,
-        "lp": lp0,
-        "grad": grad0,
-        "step_size": step_size,
-        "metric": metric,
-        "n_steps": n_steps,
-        "failed": torch.zeros_like(lp0, dtype=torch.bool),
-        "k": torch.zeros((), dtype=torch.int64, device=z0.device),
-    }
+    ws = _masked_start(state, r0, step_size, metric, n_steps)
 
     def build():
         fn = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
@@ -154,6 +137,22 @@ def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
     for _ in range(most):
         ws = {**ws, **step(ws)}
     return tuple(ws[name] for name in ("z", "r", "lp", "grad", "failed"))
+
+
+def _masked_start(state, r0, step_size, metric, n_steps) -> dict:
+    """What `_masked_step` reads, before the first step: no chain failed, step 0."""
+    z0, lp0, grad0 = state
+    return {
+        "z": z0,
+        "r": r0,
+        "lp": lp0,
+        "grad": grad0,
+        "step_size": step_size,
+        "metric": metric,
+        "n_steps": n_steps,
+        "failed": torch.zeros_like(lp0, dtype=torch.bool),
+        "k": torch.zeros((), dtype=torch.int64, device=z0.device),
+    }
 
 
 def _masked_step(ws: dict, logdensity_and_grad) -> dict:

@@ -380,6 +380,7 @@ def _doubling(
         leaf_log_weights = z.new_zeros(rows, chains)
         leaf_active = torch.zeros(rows, chains, dtype=torch.bool, device=z.device)
         leaf_fn = compiled_leaf(target, ws, max_tree_depth, max_delta_energy)
+        masks = check_masks(max_tree_depth, z.device)
     else:
         leaf_log_weights = z.new_empty(n_leaves, chains)
         leaf_active = torch.empty(n_leaves, chains, dtype=torch.bool, device=z.device)
@@ -399,8 +400,7 @@ def _doubling(
         leaf_active[n] = sub.active
         idx_min, idx_max = checkpoint_indices(n)
         if compiled:
-            checks = check_masks(max_tree_depth, z.device)[n]
-            args = (sub, eps, metric, h0, leaf_neg_log_u, (r_ckpts, v_ckpts, r_sum_ckpts), checks)
+            args = (sub, eps, metric, h0, leaf_neg_log_u, (r_ckpts, v_ckpts, r_sum_ckpts), masks[n])
             sub, leaf_log_weight, r1, v1 = leaf_fn(*args)
         else:
             span = slice(idx_min, idx_max + 1)
