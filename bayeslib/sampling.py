@@ -82,15 +82,15 @@ def sample(
     cuda_graphs: on CUDA, with a traced log density, capture each NUTS doubling and HMC
         leapfrog step as a CUDA graph on its first repeat and replay it (one launch instead of
         hundreds); the same draws as without, bit for bit. False launches every operation.
-    compile: on the CPU, with a traced log density, compile each NUTS leaf, the join between
-        NUTS sub-trees and each HMC leapfrog step together with the log density into native
-        code (`bayeslib.compiling`: 2 to 4 times faster on a few chains, no faster on
-        thousands). The first run of a model and its shapes (chains, data, dtype) compiles for
-        15-40 s (a C++ compiler is needed); later runs, other data of the same shapes
-        included, load the libraries from the cache on disk (`BAYESLIB_CACHE`). The draws
-        agree with an uncompiled run's to rounding (the same seed gives the same draws,
-        compiled or not, until a rounding difference flips a decision), and reproduce bit for
-        bit between compiled runs.
+    compile: with a traced log density, compile each NUTS leaf, the join between NUTS
+        sub-trees and each HMC leapfrog step together with the log density into native code
+        (`bayeslib.compiling`; on the CPU 2 to 4 times faster on a few chains, no faster on
+        thousands; on CUDA Triton kernels, replayed in the captured graphs). The first run
+        of a model and its shapes (chains, data, dtype) compiles for 15-40 s (a C++ compiler
+        is needed); later runs, other data of the same shapes included, load the libraries
+        from the cache on disk (`BAYESLIB_CACHE`). The draws agree with an uncompiled run's
+        to rounding (the same seed gives the same draws, compiled or not, until a rounding
+        difference flips a decision), and reproduce bit for bit between compiled runs.
     threads: intra-op CPU threads for the run; None (default): chosen from the work per tensor
         operation (`bayeslib.threads`: one thread for small models), at most
         `torch.get_num_threads()`, which is restored afterwards.

@@ -244,8 +244,18 @@ def test_a_failed_compilation_names_the_fix_and_leaves_no_partial_library(monkey
     assert list((tmp_path / "compiled").iterdir()) == []
 
 
-def test_compile_off_the_cpu_is_refused_naming_the_fix():
-    with pytest.raises(compiling.CompileError, match="CPU only.*cuda_graphs.*compile=False"):
+def test_compile_on_a_device_it_cannot_serve_is_refused_naming_the_fix(monkeypatch):
+    """Neither CPU nor CUDA: refused. CUDA without Triton (Inductor's GPU code generator):
+    refused, naming Triton and compile=False."""
+    with pytest.raises(compiling.CompileError, match="CPU and on CUDA.*compile=False"):
+        compiling.check_compiler(torch.device("mps"))
+    find_spec = compiling.importlib.util.find_spec
+    monkeypatch.setattr(
+        compiling.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "triton" else find_spec(name, *args),
+    )
+    with pytest.raises(compiling.CompileError, match="Triton.*compile=False"):
         compiling.check_compiler(torch.device("cuda"))
 
 

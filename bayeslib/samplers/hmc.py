@@ -118,7 +118,7 @@ def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
     same values: a chain past its `n_steps`, or failed, keeps its state)."""
     graphs = target.graphs
     ws = load(graphs, _masked_start(state, r0, step_size, metric, n_steps))
-    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+    step = _masked_step_function(target, ws)
     for _ in range(most):
         ws = run_phase(graphs, ("hmc",), step, ws)
     return tuple(ws[name].clone() for name in ("z", "r", "lp", "grad", "failed"))
@@ -127,16 +127,26 @@ def _trajectory_in_graphs(target, state, r0, step_size, metric, n_steps, most):
 def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
     """`_trajectory` as `most` calls of one compiled leapfrog step, every step masked."""
     ws = _masked_start(state, r0, step_size, metric, n_steps)
-
-    def build():
-        fn = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
-        return fn, (ws,)
-
-    key = ("hmc step", type(metric).__name__)
-    step = target.compiled.function(key, "the HMC leapfrog step", build)
+    step = _masked_step_function(target, ws)
     for _ in range(most):
         ws = {**ws, **step(ws)}
     return tuple(ws[name] for name in ("z", "r", "lp", "grad", "failed"))
+
+
+def _masked_step_function(target, ws: dict):
+    """`_masked_step` with the target's log density; compiled (`target.compiled`) for
+    workspaces laid out as `ws` where the target has it (of a workspace shared with other
+    phases, it reads only `_masked_start`'s entries)."""
+    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+    if target.compiled is None:
+        return step
+    read = {name: ws[name] for name in MASKED_STEP_KEYS}
+    key = ("hmc step", type(ws["metric"]).__name__)
+    return target.compiled.function(key, "the HMC leapfrog step", lambda: (step, (read,)))
+
+
+# What `_masked_step` reads: `_masked_start`'s entries.
+MASKED_STEP_KEYS = ("z", "r", "lp", "grad", "step_size", "metric", "n_steps", "failed", "k")
 
 
 def _masked_start(state, r0, step_size, metric, n_steps) -> dict:
