@@ -110,7 +110,7 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
     path = cache_dir() / f"{_key(graph_module, inputs)}.pt2"
     if not path.exists():
         _build(graph_module, inputs, path, what)
-    run = aoti_load(path).run
+    run = aoti_load(path, flat_examples[0].device).run
 
     flatten, unflatten = _flattener(in_spec), _unflattener(out_spec)
 

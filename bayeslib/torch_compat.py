@@ -107,7 +107,12 @@ def aoti_compile(graph_module, examples, path) -> None:
         inductor_log.setLevel(level)
 
 
-def aoti_load(path):
-    """The package at `path` ready to run: ``loader.run(list_of_tensors) -> list``. The C++
-    loader, without `torch._inductor.aoti_load_package`'s import of Inductor."""
-    return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)
+def aoti_load(path, device: torch.device | None = None):
+    """The package at `path` ready to run on `device`: ``loader.run(list_of_tensors) ->
+    list``, on the current CUDA stream for a GPU (None: the CPU). The C++ loader, without
+    `torch._inductor.aoti_load_package`'s import of Inductor; single-threaded, which is what
+    lets a CUDA graph capture its kernels."""
+    index = -1
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+    return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, index)
