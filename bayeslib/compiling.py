@@ -24,10 +24,12 @@ run gives the same draws, bit for bit.
 
 import hashlib
 import importlib.util
+import logging
 import os
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from .torch_compat import aoti_compile, aoti_load
 from .tracing import TracingError, recorded
 
 CACHE_ENV = "BAYESLIB_CACHE"
+LOG = logging.getLogger("bayeslib")
 
 
 class CompileError(RuntimeError):
@@ -44,19 +47,25 @@ class CompileError(RuntimeError):
 
 class Compiled:
     """One run's compiled functions, by key (the same key must always mean the same
-    function); each is compiled, or loaded from the cache, on first use."""
+    function); each is compiled, or loaded from the cache, on first use. `seconds`: the time
+    spent compiling and loading them; `notify(what)` is called before each compilation (not
+    a load from the cache)."""
 
-    def __init__(self):
+    def __init__(self, notify=None):
         self.functions: dict = {}
+        self.seconds = 0.0
+        self.notify = notify
 
     def __repr__(self) -> str:
-        return f"Compiled({len(self.functions)} functions)"
+        return f"Compiled({len(self.functions)} functions, {self.seconds:.1f} s)"
 
     def function(self, key, what: str, build):
         """The function compiled for `key`; on first use, ``fn, examples = build()`` is
         compiled (`compile_function`)."""
         if key not in self.functions:
-            self.functions[key] = compile_function(*build(), what)
+            started = time.perf_counter()
+            self.functions[key] = compile_function(*build(), what, self.notify)
+            self.seconds += time.perf_counter() - started
         return self.functions[key]
 
 
@@ -87,10 +96,11 @@ def check_compiler(device: torch.device) -> None:
         )
 
 
-def compile_function(fn, examples, what: str = "the sampler's step"):
+def compile_function(fn, examples, what: str = "the sampler's step", notify=None):
     """`fn` (tensors, and tuples of them such as NamedTuples -> the same) compiled for
     arguments laid out as `examples` (a tuple; tensors keep their shape, dtype and device).
-    Loaded from `cache_dir()` when compiled before; checked against `fn` at `examples`."""
+    Loaded from `cache_dir()` when compiled before; checked against `fn` at `examples`.
+    Before compiling, `what` is logged (logger "bayeslib") and passed to `notify`."""
     flat_examples, in_spec = _flatten(tuple(examples))
     # Distinct tensors: export takes one tensor passed twice for one input of the graph.
     flat_examples = [x.detach().clone(memory_format=torch.contiguous_format) for x in flat_examples]
@@ -109,6 +119,9 @@ def compile_function(fn, examples, what: str = "the sampler's step"):
     inputs = constants + flat_examples
     path = cache_dir() / f"{_key(graph_module, inputs)}.pt2"
     if not path.exists():
+        LOG.info("compiling %s into %s (the first run of this model and shapes)", what, path)
+        if notify is not None:
+            notify(what)
         _build(graph_module, inputs, path, what)
     run = aoti_load(path, flat_examples[0].device).run
 

@@ -95,10 +95,11 @@ def sample(
         operation (`bayeslib.threads`: one thread for small models), at most
         `torch.get_num_threads()`, which is restored afterwards.
 
-    `post.attrs` records the run: its arguments, timings, the sampler's options
-    (`target_accept`, `max_tree_depth`, ... as `Sampler.options` gives them), and per data set
-    the adapted `step_size` and `adapted_variances` (the diagonal of the metric or proposal
-    covariance in whose units the step size is).
+    `post.attrs` records the run: its arguments, timings (`warmup_time`, `sampling_time`, and
+    `compile_time`: the part of those spent compiling or loading compiled libraries), the
+    sampler's options (`target_accept`, `max_tree_depth`, ... as `Sampler.options` gives
+    them), and per data set the adapted `step_size` and `adapted_variances` (the diagonal of
+    the metric or proposal covariance in whose units the step size is).
 
     An error raised by the model's code at a proposal (a Cholesky factorisation of a matrix
     that is not positive-definite, a domain error) rejects that chain's proposal, as in Stan,
@@ -141,7 +142,7 @@ def sample(
     if cuda_graphs and device.type == "cuda" and target.traced:
         target = target._replace(graphs=Graphs())
     if compile and kernel.needs_grad and target.traced:
-        target = target._replace(compiled=Compiled())
+        target = target._replace(compiled=Compiled(_compile_notice if progress else None))
 
     run = run_chains(
         kernel,
@@ -177,6 +178,7 @@ def sample(
         "dtype": str(dtype).removeprefix("torch."),
         "cuda_graphs": target.graphs is not None,
         "compiled": target.compiled is not None,
+        "compile_time": 0.0 if target.compiled is None else target.compiled.seconds,
         "warmup_time": run.warmup_time,
         "sampling_time": run.sampling_time,
         "step_size": run.params.step_size.reshape(datasets, -1)[:, 0].tolist(),
@@ -544,6 +546,18 @@ def _progress_bar(progress, total):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def _compile_notice(what: str) -> None:
+    """A line above the progress bar (where there is one) while `what` compiles."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"compiling {what} (once per model and shapes, usually under a minute; later "
+            "runs load it from the cache)",
+            file=sys.stderr,
+        )
 
 
 class _Progress:

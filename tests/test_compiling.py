@@ -147,6 +147,8 @@ def test_compiled_runs_follow_the_uncompiled_draws_and_find_the_truth(sampler, m
     plain = bl.sample(Correlated(), sampler, **run)
     compiled = bl.sample(Correlated(), sampler, compile=True, **run)
     assert compiled.attrs["compiled"] and not plain.attrs["compiled"]
+    assert plain.attrs["compile_time"] == 0.0
+    assert 0 < compiled.attrs["compile_time"] < compiled.attrs["warmup_time"]
     early = slice(0, 10)
     np.testing.assert_allclose(
         compiled.warmup["x"][:, early].numpy(), plain.warmup["x"][:, early].numpy(), atol=1e-8
@@ -164,6 +166,27 @@ def test_compiled_runs_follow_the_uncompiled_draws_and_find_the_truth(sampler, m
     assert torch.equal(again["x"], compiled["x"])
     for name in compiled.stats:
         assert torch.equal(again.stats[name], compiled.stats[name]), name
+
+
+def test_a_compilation_is_announced_and_a_load_from_the_cache_is_not(monkeypatch, tmp_path, caplog):
+    """Compiling logs what and where (logger "bayeslib") and calls `notify` (`sample`'s
+    line above the progress bar); loading the same library from the cache does neither."""
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    notified = []
+    with caplog.at_level("INFO", logger="bayeslib"):
+        first = compiling.compile_function(torch.sin, (x,), "the sine", notified.append)
+    assert notified == ["the sine"]
+    assert any(
+        "compiling the sine into" in r.message and str(tmp_path) in r.message
+        for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bayeslib"):
+        again = compiling.compile_function(torch.sin, (x,), "the sine", notified.append)
+    assert notified == ["the sine"] and not caplog.records
+    assert again.path == first.path
+    torch.testing.assert_close(again(x), torch.sin(x), rtol=1e-12, atol=1e-12)
 
 
 def test_the_library_is_named_by_the_graph_and_layouts_not_the_data():
