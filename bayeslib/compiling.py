@@ -28,9 +28,12 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -53,6 +56,7 @@ class Compiled:
 
     def __init__(self, notify=None):
         self.functions: dict = {}
+        self.ahead_of_use: dict = {}  # key -> (its Recording, the child compiling it or None)
         self.seconds = 0.0
         self.notify = notify
 
@@ -61,12 +65,32 @@ class Compiled:
 
     def function(self, key, what: str, build):
         """The function compiled for `key`; on first use, ``fn, examples = build()`` is
-        compiled (`compile_function`)."""
+        compiled (`compile_function`), or the compilation `ahead` started is waited for."""
         if key not in self.functions:
             started = time.perf_counter()
-            self.functions[key] = compile_function(*build(), what, self.notify)
+            if key in self.ahead_of_use:
+                recording, child = self.ahead_of_use.pop(key)
+                if child is not None:
+                    child.wait()  # a failed child leaves no library: compiled here, below
+            else:
+                recording = record(*build(), what)
+            self.functions[key] = _compiled(recording, what, self.notify)
             self.seconds += time.perf_counter() - started
         return self.functions[key]
+
+    def ahead(self, key, what: str, build):
+        """Start compiling the function `function(key, ...)` will give, in a child process
+        (where its library is not cached), so that it compiles while this process compiles
+        another: a first run's libraries build side by side."""
+        if key in self.functions or key in self.ahead_of_use:
+            return
+        started = time.perf_counter()
+        recording, child = record(*build(), what), None
+        if not recording.path.exists():
+            _announce(what, recording.path, self.notify)
+            child = _compile_in_child(recording, what)
+        self.ahead_of_use[key] = (recording, child)
+        self.seconds += time.perf_counter() - started
 
 
 def cache_dir() -> Path:
@@ -101,6 +125,26 @@ def compile_function(fn, examples, what: str = "the sampler's step", notify=None
     arguments laid out as `examples` (a tuple; tensors keep their shape, dtype and device).
     Loaded from `cache_dir()` when compiled before; checked against `fn` at `examples`.
     Before compiling, `what` is logged (logger "bayeslib") and passed to `notify`."""
+    return _compiled(record(fn, examples, what), what, notify)
+
+
+class Recording(NamedTuple):
+    """A function recorded for compiling: its graph, whose constants (the data) are its first
+    inputs; those inputs' values; where its library is kept; the function on flat lists of
+    tensors and the structures of its arguments and results."""
+
+    graph_module: torch.fx.GraphModule
+    inputs: list  # the constants, then the flattened examples
+    constants: list
+    path: Path
+    flat_fn: object
+    in_spec: object
+    out_spec: object
+
+
+def record(fn, examples, what: str) -> Recording:
+    """`fn` at `examples` recorded (`tracing.recorded`), its constants made inputs, and the
+    path its library has in the cache."""
     flat_examples, in_spec = _flatten(tuple(examples))
     # Distinct tensors: export takes one tensor passed twice for one input of the graph.
     flat_examples = [x.detach().clone(memory_format=torch.contiguous_format) for x in flat_examples]
@@ -118,21 +162,62 @@ def compile_function(fn, examples, what: str = "the sampler's step", notify=None
     constants = _constants_as_inputs(graph_module)
     inputs = constants + flat_examples
     path = cache_dir() / f"{_key(graph_module, inputs)}.pt2"
-    if not path.exists():
-        LOG.info("compiling %s into %s (the first run of this model and shapes)", what, path)
-        if notify is not None:
-            notify(what)
-        _build(graph_module, inputs, path, what)
-    run = aoti_load(path, flat_examples[0].device).run
+    return Recording(graph_module, inputs, constants, path, flat_fn, in_spec, out_spec)
 
+
+def _compiled(recording: Recording, what: str, notify=None):
+    """The recorded function's library, compiled where it is not in the cache, loaded, and
+    checked against the function at the recorded examples."""
+    graph_module, inputs, constants, path, flat_fn, in_spec, out_spec = recording
+    if not path.exists():
+        _announce(what, path, notify)
+        _build(graph_module, inputs, path, what)
+    flat_examples = inputs[len(constants) :]
+    run = aoti_load(path, flat_examples[0].device).run
     flatten, unflatten = _flattener(in_spec), _unflattener(out_spec)
 
     def compiled(*args):
         return unflatten(run(constants + flatten(args)))
 
+    examples = _unflattener(in_spec)(flat_examples)
     _check(flat_fn(*flat_examples), _flatten(compiled(*examples))[0], what)
     compiled.path = path
     return compiled
+
+
+def _announce(what: str, path: Path, notify) -> None:
+    LOG.info("compiling %s into %s (the first run of this model and shapes)", what, path)
+    if notify is not None:
+        notify(what)
+
+
+def _compile_in_child(recording: Recording, what: str) -> subprocess.Popen:
+    """A child process compiling `recording`'s library into the cache (`_build`). Its
+    output is dropped: should it fail, compiling in this process raises the error."""
+    path = recording.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, job = tempfile.mkstemp(dir=path.parent, prefix=".job-", suffix=".pt")
+    os.close(handle)
+    torch.save({"graph_module": recording.graph_module, "inputs": recording.inputs}, job)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    code = "import sys; from bayeslib.compiling import _child; _child(*sys.argv[1:])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, job, str(path), what],
+        env={**os.environ, "PYTHONPATH": python_path},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _child(job: str, path: str, what: str) -> None:
+    """A child process's work (`_compile_in_child`): the saved graph compiled into `path`."""
+    try:
+        saved = torch.load(job, weights_only=False)
+    finally:
+        Path(job).unlink(missing_ok=True)
+    _build(saved["graph_module"], saved["inputs"], Path(path), what)
 
 
 def _flatten(value) -> tuple[list, object]:

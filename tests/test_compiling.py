@@ -4,6 +4,8 @@ compiled runs against uncompiled ones and the truth, the cache, and the refusals
 
 import functools
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +126,9 @@ def test_the_compiled_join_is_the_join_and_the_next_begin():
     right = torch.rand(chains, generator=generator) < 0.5
     accept_u, next_u = torch.rand(2, chains, generator=generator, dtype=torch.float64)
     ws = {**tree, "sub": sub, "right": right, "uniforms": torch.stack([next_u, accept_u])[:, None]}
-    join = nuts.compiled_join(target, ws, (leaf_log_weights, leaf_active), 1000.0)
+    join = target.compiled.function(
+        *nuts.join_request(target, ws, (leaf_log_weights, leaf_active), 1000.0)
+    )
     got = join(tree, sub, leaf_log_weights, leaf_active, right, accept_u, next_u)
     expected = nuts._join(tree, sub, leaf_log_weights[:3], leaf_active[:3], right, accept_u, 1000.0)
     expected = {**expected, **nuts._begin({**tree, **expected}, next_u)}
@@ -187,6 +191,46 @@ def test_a_compilation_is_announced_and_a_load_from_the_cache_is_not(monkeypatch
     assert notified == ["the sine"] and not caplog.records
     assert again.path == first.path
     torch.testing.assert_close(again(x), torch.sin(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_compilation_ahead_runs_in_a_child_process_whose_library_is_used(monkeypatch, tmp_path):
+    """`Compiled.ahead` starts compiling in a child process (announced then); `function`
+    waits for it and loads its library, which gives the function's values: nothing is
+    compiled in this process, and the child's job file is gone."""
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    notified = []
+    compiled = compiling.Compiled(notified.append)
+    compiled.ahead("cos", "the cosine", lambda: (torch.cos, (x,)))
+    assert notified == ["the cosine"]
+    _, child = compiled.ahead_of_use["cos"]
+
+    def no_build(*args):
+        raise AssertionError("compiled in this process")
+
+    monkeypatch.setattr(compiling, "_build", no_build)
+    cos = compiled.function("cos", "the cosine", lambda: (torch.cos, (x,)))
+    assert child.returncode == 0 and notified == ["the cosine"]
+    torch.testing.assert_close(cos(x), torch.cos(x), rtol=1e-12, atol=1e-12)
+    assert [p.name for p in (tmp_path / "compiled").iterdir()] == [cos.path.name]
+
+
+def test_a_failed_compilation_ahead_is_compiled_in_this_process(monkeypatch, tmp_path):
+    """A child that fails (here: one that exits at once) leaves no library: `function`
+    compiles it in this process, announcing it again."""
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+
+    def failing_child(recording, what):
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+
+    monkeypatch.setattr(compiling, "_compile_in_child", failing_child)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    notified = []
+    compiled = compiling.Compiled(notified.append)
+    compiled.ahead("cos", "the cosine", lambda: (torch.cos, (x,)))
+    cos = compiled.function("cos", "the cosine", lambda: (torch.cos, (x,)))
+    assert notified == ["the cosine", "the cosine"] and cos.path.exists()
+    torch.testing.assert_close(cos(x), torch.cos(x), rtol=1e-12, atol=1e-12)
 
 
 def test_the_library_is_named_by_the_graph_and_layouts_not_the_data():

@@ -135,14 +135,20 @@ def _trajectory_compiled(target, state, r0, step_size, metric, n_steps, most):
 
 def _masked_step_function(target, ws: dict):
     """`_masked_step` with the target's log density; compiled (`target.compiled`) for
-    workspaces laid out as `ws` where the target has it (of a workspace shared with other
-    phases, it reads only `_masked_start`'s entries)."""
-    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+    workspaces laid out as `ws` where the target has it."""
     if target.compiled is None:
-        return step
+        return functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+    return target.compiled.function(*masked_step_request(target, ws))
+
+
+def masked_step_request(target, ws: dict) -> tuple:
+    """``(key, what, build)`` of `_masked_step` compiled for workspaces laid out as `ws`
+    (`Compiled.function`, `Compiled.ahead`); of a workspace shared with other phases, it
+    reads only `_masked_start`'s entries."""
+    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
     read = {name: ws[name] for name in MASKED_STEP_KEYS}
     key = ("hmc step", type(ws["metric"]).__name__)
-    return target.compiled.function(key, "the HMC leapfrog step", lambda: (step, (read,)))
+    return key, "the HMC leapfrog step", lambda: (step, (read,))
 
 
 # What `_masked_step` reads: `_masked_start`'s entries.
@@ -251,6 +257,11 @@ class HMC(HamiltonianSampler):
         self, generator: torch.Generator, target: Target, state: State, params: HMCParams
     ) -> tuple[State, Info]:
         if params.nuts:
+            if target.compiled is not None:
+                # the HMC step compiles in a child process during NUTS's first transition
+                n_steps = torch.zeros_like(state.logdensity, dtype=torch.int64)
+                ws = _masked_start(state, state.position, params.step_size, params.metric, n_steps)
+                target.compiled.ahead(*masked_step_request(target, ws))
             state, info = nuts_step(
                 generator,
                 state,

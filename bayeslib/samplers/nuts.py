@@ -240,10 +240,11 @@ TREE_KEYS = (
 )  # fmt: skip
 
 
-def compiled_join(target: Target, ws: dict, leaf_arrays: tuple, max_delta_energy: float):
-    """`_join` followed by the next doubling's `_begin`, compiled (`target.compiled`) for
-    workspace `ws` and `leaf_arrays` (log weights and activity of every possible leaf of a
-    sub-tree: the rows of leaves not built are 0 and False)."""
+def join_request(target: Target, ws: dict, leaf_arrays: tuple, max_delta_energy: float) -> tuple:
+    """``(key, what, build)`` of `_join` followed by the next doubling's `_begin`, compiled
+    (`Compiled.function`, `Compiled.ahead`) for workspace `ws` and `leaf_arrays` (log
+    weights and activity of every possible leaf of a sub-tree: the rows of leaves not built
+    are 0 and False)."""
 
     def join_and_begin(tree, sub, leaf_log_weights, leaf_active, right, accept_u, next_u):
         new = _join(tree, sub, leaf_log_weights, leaf_active, right, accept_u, max_delta_energy)
@@ -256,7 +257,7 @@ def compiled_join(target: Target, ws: dict, leaf_arrays: tuple, max_delta_energy
         return join_and_begin, examples
 
     key = ("nuts join", type(ws["metric"]).__name__, leaf_arrays[0].shape[0], max_delta_energy)
-    return target.compiled.function(key, "the NUTS tree's join", build)
+    return key, "the NUTS tree's join", build
 
 
 def _begin(tree: dict, uniform: Tensor) -> dict:
@@ -358,7 +359,7 @@ def _doubling(
     chain's direction, joined to the tree unless it turned or diverged. Each leaf's -log u
     comes from ``ws["neg_log_u<d>"]``, or is drawn from `generator` when one is given.
     With ``target.compiled``, the leaves and the join (with the next doubling's start) run
-    compiled (`compiled_leaf`, `compiled_join`)."""
+    compiled (`compiled_leaf`, `join_request`)."""
     compiled = target.compiled is not None
     if d == 0:
         ws = {**ws, **_start(ws)}
@@ -379,6 +380,9 @@ def _doubling(
         rows = 2 ** (max_tree_depth - 1)
         leaf_log_weights = z.new_zeros(rows, chains)
         leaf_active = torch.zeros(rows, chains, dtype=torch.bool, device=z.device)
+        if d == 0:  # the join compiles in a child process while the leaf compiles here
+            request = join_request(target, ws, (leaf_log_weights, leaf_active), max_delta_energy)
+            target.compiled.ahead(*request)
         leaf_fn = compiled_leaf(target, ws, max_tree_depth, max_delta_energy)
         masks = check_masks(max_tree_depth, z.device)
     else:
@@ -426,7 +430,8 @@ def _doubling(
 
     uniforms = ws["uniforms"]
     if compiled:
-        join = compiled_join(target, ws, (leaf_log_weights, leaf_active), max_delta_energy)
+        request = join_request(target, ws, (leaf_log_weights, leaf_active), max_delta_energy)
+        join = target.compiled.function(*request)
         tree = {key: ws[key] for key in TREE_KEYS}
         next_u = uniforms[0, min(d + 1, max_tree_depth - 1)]
         new = join(tree, sub, leaf_log_weights, leaf_active, ws["right"], uniforms[1, d], next_u)
