@@ -6,7 +6,8 @@ update, the U-turn check) is some two hundred tensor operations; on a few chains
 simplified (`tracing.recorded`), then compiled ahead of time by Inductor (AOTInductor) into a
 shared library, the leaf runs as a handful of fused loops, called from C++.
 
-Compiling takes 15-30 s (a C++ compiler builds the library). The library is kept on disk in
+Compiling takes 10-30 s (a C++ compiler builds the library; a run's first libraries build side
+by side, in child processes: `Compiled.ahead`). The library is kept on disk in
 `cache_dir()`, named by a hash of everything it was compiled from (the graph, the layouts of
 its inputs, torch's version, the CPU's instruction set). The data are inputs too, not
 constants compiled in: a later run of the same model with data of the same shapes (another

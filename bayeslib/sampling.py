@@ -86,7 +86,7 @@ def sample(
         sub-trees and each HMC leapfrog step together with the log density into native code
         (`bayeslib.compiling`; on the CPU 2 to 4 times faster on a few chains, no faster on
         thousands; on CUDA Triton kernels, replayed in the captured graphs). The first run
-        of a model and its shapes (chains, data, dtype) compiles for 15-40 s (a C++ compiler
+        of a model and its shapes (chains, data, dtype) compiles for 10-40 s (a C++ compiler
         is needed); later runs, other data of the same shapes included, load the libraries
         from the cache on disk (`BAYESLIB_CACHE`). The draws agree with an uncompiled run's
         to rounding (the same seed gives the same draws, compiled or not, until a rounding
