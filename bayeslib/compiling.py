@@ -192,24 +192,29 @@ def _announce(what: str, path: Path, notify) -> None:
         notify(what)
 
 
-def _compile_in_child(recording: Recording, what: str) -> subprocess.Popen:
-    """A child process compiling `recording`'s library into the cache (`_build`). Its
-    output is dropped: should it fail, compiling in this process raises the error."""
+def _compile_in_child(recording: Recording, what: str) -> subprocess.Popen | None:
+    """A child process compiling `recording`'s library into the cache (`_build`); None where
+    none could be started (no interpreter to start, no room for its job file). Its output is
+    dropped: should it fail, compiling in this process raises the error."""
     path = recording.path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, job = tempfile.mkstemp(dir=path.parent, prefix=".job-", suffix=".pt")
     os.close(handle)
-    torch.save({"graph_module": recording.graph_module, "inputs": recording.inputs}, job)
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     code = "import sys; from bayeslib.compiling import _child; _child(*sys.argv[1:])"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, job, str(path), what],
-        env={**os.environ, "PYTHONPATH": python_path},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    try:
+        torch.save({"graph_module": recording.graph_module, "inputs": recording.inputs}, job)
+        return subprocess.Popen(
+            [sys.executable, "-c", code, job, str(path), what],
+            env={**os.environ, "PYTHONPATH": python_path},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except (OSError, RuntimeError):
+        Path(job).unlink(missing_ok=True)
+        return None
 
 
 def _child(job: str, path: str, what: str) -> None:

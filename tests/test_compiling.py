@@ -6,6 +6,7 @@ import functools
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -215,21 +216,33 @@ def test_a_compilation_ahead_runs_in_a_child_process_whose_library_is_used(monke
     assert [p.name for p in (tmp_path / "compiled").iterdir()] == [cos.path.name]
 
 
-def test_a_failed_compilation_ahead_is_compiled_in_this_process(monkeypatch, tmp_path):
-    """A child that fails (here: one that exits at once) leaves no library: `function`
-    compiles it in this process, announcing it again."""
+@pytest.mark.parametrize("child", ["fails", "cannot start"])
+def test_a_failed_compilation_ahead_is_compiled_in_this_process(child, monkeypatch, tmp_path):
+    """A child that fails (here: one that exits at once), or that cannot be started (no
+    interpreter to start), leaves no library and no job file: `function` compiles
+    it in this process, announcing it again."""
     monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    if child == "fails":
+        executable = sys.executable
+        monkeypatch.setattr(
+            compiling,
+            "_compile_in_child",
+            lambda recording, what: subprocess.Popen([executable, "-c", "raise SystemExit(1)"]),
+        )
+    else:
 
-    def failing_child(recording, what):
-        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+        def no_interpreter(*args, **kwargs):
+            raise FileNotFoundError(2, "No such file or directory", "python")
 
-    monkeypatch.setattr(compiling, "_compile_in_child", failing_child)
+        spawning = types.SimpleNamespace(Popen=no_interpreter, DEVNULL=subprocess.DEVNULL)
+        monkeypatch.setattr(compiling, "subprocess", spawning)
     x = torch.randn(4, 3, dtype=torch.float64)
     notified = []
     compiled = compiling.Compiled(notified.append)
     compiled.ahead("cos", "the cosine", lambda: (torch.cos, (x,)))
     cos = compiled.function("cos", "the cosine", lambda: (torch.cos, (x,)))
-    assert notified == ["the cosine", "the cosine"] and cos.path.exists()
+    assert notified == ["the cosine", "the cosine"]
+    assert [p.name for p in (tmp_path / "compiled").iterdir()] == [cos.path.name]
     torch.testing.assert_close(cos(x), torch.cos(x), rtol=1e-12, atol=1e-12)
 
 
