@@ -16,6 +16,8 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, jax, numpyro; print('torch', torch.__version__, torch.cuda.get_device_name(), '| jax', jax.__version__, '| numpyro', numpyro.__version__)" | tee -a "$out/gpu.txt"
+# compile=True needs a C++ compiler (AOTInductor's wrapper) and Triton (its kernels)
+python3 -c "import importlib.util, shutil, os; print('C++ compiler:', shutil.which(os.environ.get('CXX', 'g++')), '| triton:', importlib.util.find_spec('triton') is not None)" | tee -a "$out/gpu.txt"
 if [ "$mode" = compiled ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k compiled 2>&1 | tee "$out/tests.log"
     only=bayeslib-hmc-compiled,bayeslib-nuts-compiled,bayeslib-hmc,bayeslib-nuts,numpyro-vectorized
