@@ -34,8 +34,26 @@ def best():
 def test_phases_in_a_static_workspace_give_the_same_draws(
     sampler, dense_mass, as_off_the_cpu, monkeypatch
 ):
-    run = dict(chains=8, seed=5, dense_mass=dense_mass, **ITERATIONS)
-    without = bl.sample(best(), sampler, **run)
+    assert_replayed_phases_give_the_same_draws(
+        dict(sampler=sampler, chains=8, seed=5, dense_mass=dense_mass, **ITERATIONS), monkeypatch
+    )
+
+
+@pytest.mark.parametrize("sampler", ["nuts", "hmc"])
+def test_compiled_steps_in_a_static_workspace_give_the_same_draws(
+    sampler, as_off_the_cpu, monkeypatch
+):
+    """`compile=True` under graphs, as on CUDA: the compiled leaf, join and HMC step called
+    in phases over the static workspace (HMC's step reading its entries of a workspace
+    NUTS's phases share) give the draws of the same compiled steps without phases."""
+    run = dict(sampler=sampler, chains=8, seed=6, compile=True, **ITERATIONS)
+    assert_replayed_phases_give_the_same_draws(run, monkeypatch)
+
+
+def assert_replayed_phases_give_the_same_draws(run: dict, monkeypatch):
+    """The draws and statistics of `bl.sample(best(), **run)`, and of the same run with every
+    phase captured (a replay runs the phase again, into the same workspace), are equal."""
+    without = bl.sample(best(), **run)
     captured = []
 
     def capture(step, graphs_):
@@ -51,8 +69,9 @@ def test_phases_in_a_static_workspace_give_the_same_draws(
         "make_target",
         lambda *a, **k: make_target(*a, **k)._replace(graphs=graphs.Graphs()),
     )
-    replayed = bl.sample(best(), sampler, **run)  # every phase captured, then replayed
+    replayed = bl.sample(best(), **run)  # every phase captured, then replayed
     assert captured  # phases ran from the static workspace
+    assert replayed.attrs["compiled"] == without.attrs["compiled"] == run.get("compile", False)
     for name in without.names:
         assert torch.equal(without[name], replayed[name]), name
     for name in without.stats:
