@@ -119,6 +119,17 @@ def check_compiler(device: torch.device) -> None:
             "compile=True needs a C++ compiler (g++, or the one $CXX names) and none was found: "
             "install one (apt-get install g++) or sample with compile=False"
         )
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        writable = os.access(directory, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise CompileError(
+            f"compile=True keeps its libraries in {directory}, which cannot be written: set "
+            f"${CACHE_ENV} to a writable directory, or sample with compile=False"
+        )
 
 
 def compile_function(fn, examples, what: str = "the sampler's step", notify=None):
@@ -168,11 +179,25 @@ def record(fn, examples, what: str) -> Recording:
 
 def _compiled(recording: Recording, what: str, notify=None):
     """The recorded function's library, compiled where it is not in the cache, loaded, and
-    checked against the function at the recorded examples."""
+    checked against the function at the recorded examples. A cached library that does not
+    load or gives other values (a file cut short, a disk's error) is compiled again."""
+    path = recording.path
+    if path.exists():
+        try:
+            return _loaded(recording, what)
+        except (RuntimeError, CompileError) as error:
+            message = "the cached library %s of %s is unusable (%s): compiling it again"
+            LOG.warning(message, path, what, error)
+            path.unlink(missing_ok=True)
+    _announce(what, path, notify)
+    _build(recording.graph_module, recording.inputs, path, what)
+    return _loaded(recording, what)
+
+
+def _loaded(recording: Recording, what: str):
+    """The library at the recording's path, loaded, and checked against the function at the
+    recorded examples."""
     graph_module, inputs, constants, path, flat_fn, in_spec, out_spec = recording
-    if not path.exists():
-        _announce(what, path, notify)
-        _build(graph_module, inputs, path, what)
     flat_examples = inputs[len(constants) :]
     run = aoti_load(path, flat_examples[0].device).run
     flatten, unflatten = _flattener(in_spec), _unflattener(out_spec)

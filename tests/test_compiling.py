@@ -246,6 +246,30 @@ def test_a_failed_compilation_ahead_is_compiled_in_this_process(child, monkeypat
     torch.testing.assert_close(cos(x), torch.cos(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("damage", ["not a library", "cut short"])
+def test_a_damaged_cached_library_is_compiled_again(damage, monkeypatch, tmp_path, caplog):
+    """A cached library that cannot be loaded (not a package, or a package cut short, as by
+    a full disk) is compiled again, with a warning naming it, and then computes right."""
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    path = compiling.compile_function(torch.sin, (x,), "the sine").path
+    whole = path.read_bytes()
+    path.write_bytes(b"not a library" if damage == "not a library" else whole[: len(whole) // 2])
+    with caplog.at_level("WARNING", logger="bayeslib"):
+        sine = compiling.compile_function(torch.sin, (x,), "the sine")
+    assert any(str(path) in r.message and "unusable" in r.message for r in caplog.records)
+    assert sine.path == path and path.read_bytes() != b"not a library"
+    torch.testing.assert_close(sine(x), torch.sin(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_cache_that_cannot_be_written_is_refused_before_sampling(monkeypatch, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv(compiling.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(compiling.CompileError, match="BAYESLIB_CACHE.*compile=False"):
+        bl.sample(best(), compile=True, warmup=10, draws=10, progress=False)
+
+
 def test_the_library_is_named_by_the_graph_and_layouts_not_the_data():
     """The data are inputs of the library: other data of the same shape, the same library;
     another function, data of another shape, or another layout of the inputs: another."""
