@@ -138,17 +138,20 @@ def _masked_step_function(target, ws: dict):
     workspaces laid out as `ws` where the target has it."""
     if target.compiled is None:
         return functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
-    return target.compiled.function(*masked_step_request(target, ws))
+    return target.compiled.function(*masked_step_request(target, ws["metric"], lambda: ws))
 
 
-def masked_step_request(target, ws: dict) -> tuple:
-    """``(key, what, build)`` of `_masked_step` compiled for workspaces laid out as `ws`
-    (`Compiled.function`, `Compiled.ahead`); of a workspace shared with other phases, it
-    reads only `_masked_start`'s entries."""
-    step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
-    read = {name: ws[name] for name in MASKED_STEP_KEYS}
-    key = ("hmc step", type(ws["metric"]).__name__)
-    return key, "the HMC leapfrog step", lambda: (step, (read,))
+def masked_step_request(target, metric, workspace) -> tuple:
+    """``(key, what, build)`` of `_masked_step` compiled for workspaces laid out as
+    `workspace()`'s (`Compiled.function`, `Compiled.ahead`: called only when it compiles); of
+    a workspace shared with other phases, it reads only `_masked_start`'s entries."""
+
+    def build():
+        step = functools.partial(_masked_step, logdensity_and_grad=target.logdensity_and_grad)
+        ws = workspace()
+        return step, ({name: ws[name] for name in MASKED_STEP_KEYS},)
+
+    return ("hmc step", type(metric).__name__), "the HMC leapfrog step", build
 
 
 # What `_masked_step` reads: `_masked_start`'s entries.
@@ -259,9 +262,13 @@ class HMC(HamiltonianSampler):
         if params.nuts:
             if target.compiled is not None:
                 # the HMC step compiles in a child process during NUTS's first transition
-                n_steps = torch.zeros_like(state.logdensity, dtype=torch.int64)
-                ws = _masked_start(state, state.position, params.step_size, params.metric, n_steps)
-                target.compiled.ahead(*masked_step_request(target, ws))
+                def workspace():
+                    n_steps = torch.zeros_like(state.logdensity, dtype=torch.int64)
+                    return _masked_start(
+                        state, state.position, params.step_size, params.metric, n_steps
+                    )
+
+                target.compiled.ahead(*masked_step_request(target, params.metric, workspace))
             state, info = nuts_step(
                 generator,
                 state,
