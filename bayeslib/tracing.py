@@ -31,6 +31,7 @@ import functools
 import math
 import operator
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch.fx import Graph, GraphModule, Node
@@ -404,8 +405,9 @@ def make_target(model, z, grad=True, traced=True) -> Target:
 
 def simplify(graph_module: GraphModule, values: dict) -> None:
     """Fold constants, multiply data by all chains' parameters at once, drop operations that
-    return their input, share repeated operations and drop unused ones, in place. `values`:
-    every node's value at the traced inputs (new nodes get theirs)."""
+    return their input, merge chains of views and of scalings by numbers, assemble the
+    gradient from its pieces in one `cat`, share repeated operations and drop unused ones, in
+    place. `values`: every node's value at the traced inputs (new nodes get theirs)."""
     graph = graph_module.graph
     _fold_constants(graph_module, values)
     _shared_products_as_mm(graph_module, values)
@@ -414,6 +416,13 @@ def simplify(graph_module: GraphModule, values: dict) -> None:
     _elementwise_before_broadcast(graph_module, values)
     _scalings_folded(graph_module, values)
     _sums_of_broadcasts(graph_module, values)
+    _sums_of_one(graph_module, values)
+    _views_of_views(graph_module, values)
+    _drop_identities(graph, values)
+    _scalar_factors_folded(graph_module, values)
+    _gradient_pieces_joined(graph_module, values)
+    _clamp_masks(graph_module, values)
+    _sums_shared(graph_module, values)
     _share_repeated(graph)
     graph.eliminate_dead_code()
     graph.lint()
@@ -859,6 +868,307 @@ def _sum_moved_in(graph_module: GraphModule, node: Node, values: dict):
     if values[result].shape != out.shape or values[result].dtype != out.dtype:
         return None
     return result
+
+
+# ----- fewer small operations: each costs 1-7 us of dispatch whatever its size
+
+_VIEWS = {
+    _aten.view.default,
+    UNSAFE_VIEW,
+    _aten.reshape.default,
+    _aten.unsqueeze.default,
+    _aten.squeeze.default,
+    _aten.squeeze.dim,
+    _aten.squeeze.dims,
+}
+
+
+def _sums_of_one(graph_module: GraphModule, values: dict) -> None:
+    """Replace a sum over dimensions of size 1 (a per-chain term of one element, summed as a
+    log density is) by a view: the same values without arithmetic."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not _is_op(node) or node.target is not _aten.sum.dim_IntList or node.kwargs:
+            continue
+        x = node.args[0]
+        if len(node.args) < 2 or not isinstance(x, Node) or not values[x].is_contiguous():
+            continue
+        if any(values[x].shape[d] != 1 for d in node.args[1]) or not node.args[1]:
+            continue
+        with graph.inserting_before(node):
+            view = _new(graph, values, _aten.view.default, (x, list(values[node].shape)))
+        if _identical(values[view], values[node]):
+            node.replace_all_uses_with(view)
+
+
+def _views_of_views(graph_module: GraphModule, values: dict) -> None:
+    """Replace a view of a view of a contiguous tensor (`x.unsqueeze(1).view(4, 24)`, which
+    `vmap` leaves around products) by one `view` of that tensor; a view back to its shape is
+    then dropped as an identity. The same values, no arithmetic."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not _is_view(node) or not _is_view(node.args[0]):
+            continue
+        source = node.args[0]
+        while _is_view(source):
+            source = source.args[0]
+        if not (values[source].is_contiguous() and values[node].is_contiguous()):
+            continue
+        with graph.inserting_before(node):
+            view = _new(graph, values, _aten.view.default, (source, list(values[node].shape)))
+        node.replace_all_uses_with(view)
+
+
+def _is_view(node) -> bool:
+    return (
+        isinstance(node, Node)
+        and node.op == "call_function"
+        and node.target in _VIEWS
+        and isinstance(node.args[0], Node)
+    )
+
+
+def _scalar_factors_folded(graph_module: GraphModule, values: dict) -> None:
+    """Replace a scaling by a number of a scaling by a number (`-(2 * x) * -1.0`, as autograd
+    writes the gradient of a square) by one scaling, `x * 2.0`, or by `x` itself when the
+    factors cancel; a scaling by a power of two inside a product or quotient is moved out of
+    it to meet the scaling around it (`-(-a * b)` is `a * b`). Only where the factors'
+    product is exact and scaling commutes with rounding (a power of two: `-1`, `2`, `0.5`),
+    so the values are the same to the last bit."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        outer = _number_scaling(node, values)
+        if outer is None or len(outer[0].users) != 1:
+            continue
+        with graph.inserting_before(node):
+            inner = _number_scaling(outer[0], values) or _scaling_moved_out(outer[0], values, graph)
+            if inner is None or not (_power_of_two(outer[1]) or _power_of_two(inner[1])):
+                continue
+            folded = _scaled(graph, values, inner[0], inner[1] * outer[1])
+        if _identical(values[folded], values[node]):
+            node.replace_all_uses_with(folded)
+
+
+def _scaling_moved_out(node: Node, values: dict, graph):
+    """`node`, a product or quotient with one factor (or the dividend) scaled by a power of
+    two used nowhere else, as `(the product of the unscaled, that power)`; None otherwise."""
+    if not _is_op(node) or node.kwargs or len(node.args) != 2:
+        return None
+    if node.target not in (_aten.mul.Tensor, _aten.div.Tensor):
+        return None
+    a, b = node.args
+    movable = (0,) if node.target is _aten.div.Tensor else (0, 1)
+    for i in movable:
+        inner = _number_scaling(node.args[i], values)
+        if inner is None or len(node.args[i].users) != 1 or not _power_of_two(inner[1]):
+            continue
+        args = (inner[0], b) if i == 0 else (a, inner[0])
+        if not all(isinstance(x, Node) for x in args):
+            return None
+        unscaled = _new(graph, values, node.target, args)
+        if values[unscaled].shape != values[node].shape:
+            return None
+        return unscaled, inner[1]
+    return None
+
+
+def _scaled(graph, values: dict, node: Node, factor: float) -> Node:
+    if factor == 1.0:
+        return node
+    if factor == -1.0:
+        return _new(graph, values, _aten.neg.default, (node,))
+    return _new(graph, values, _aten.mul.Tensor, (node, factor))
+
+
+def _number_scaling(node, values: dict):
+    """`node` as `(base, factor)`, `node = base * factor` exactly for a number `factor`
+    (`neg`, a product with a number, a division by a power of two), base and node of one
+    floating layout; None for anything else."""
+    if not isinstance(node, Node) or not _is_op(node) or node.kwargs:
+        return None
+    out = values[node]
+    if not _floating(out):
+        return None
+    if node.target is _aten.neg.default:
+        base, factor = node.args[0], -1.0
+    elif node.target in _SCALINGS and len(node.args) == 2:
+        base, factor = node.args
+        if not _is_number(factor):
+            base, factor = factor, base
+        if not _is_number(factor):
+            return None
+        factor = float(factor)
+        if node.target in (_aten.div.Tensor, _aten.div.Scalar):
+            if not _power_of_two(factor):
+                return None
+            factor = 1.0 / factor
+    else:
+        return None
+    if not isinstance(base, Node) or not _floating(values[base]):
+        return None
+    same = values[base].shape == out.shape and values[base].dtype == out.dtype
+    return (base, factor) if same else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _power_of_two(x: float) -> bool:
+    return math.isfinite(x) and x != 0 and abs(math.frexp(x)[0]) == 0.5
+
+
+# Gradients of parts of the input: a zero tensor of the input's shape with one part written.
+_PIECES = {_aten.slice_backward.default, _aten.select_backward.default}
+
+
+def _gradient_pieces_joined(graph_module: GraphModule, values: dict) -> None:
+    """Replace a sum of gradients of parts of one tensor (the gradient of `z` from each
+    parameter's slice `z[:, 0:24]`, `z[:, 24]`: each a zero tensor with its part written, then
+    added up) by one `cat` of the parts, gaps filled with zeros, plus the sum's other terms.
+    The same values (the zeros added are dropped; checked), in one operation instead of two or
+    three per parameter."""
+    graph = graph_module.graph
+    for node in reversed(list(graph.nodes)):
+        if not _is_add(node) or any(_is_add(user) for user in node.users):
+            continue  # only whole sums: the outermost addition
+        terms = _summands(node)
+        pieces = [p for p in map(_piece, terms) if p is not None]
+        others = [t for t in terms if _piece(t) is None]
+        if len(pieces) < 2 or len({(p.sizes, p.dim) for p in pieces}) != 1:
+            continue
+        with graph.inserting_before(node):
+            joined = _joined(graph_module, pieces, values[node], values)
+            for other in others if joined is not None else ():
+                joined = _new(graph, values, _aten.add.Tensor, (joined, other))
+        if joined is not None and _identical(values[joined], values[node]):
+            node.replace_all_uses_with(joined)
+
+
+def _is_add(node) -> bool:
+    return (
+        isinstance(node, Node)
+        and node.op == "call_function"
+        and node.target is _aten.add.Tensor
+        and len(node.args) == 2
+        and not node.kwargs
+        and all(isinstance(a, Node) for a in node.args)
+    )
+
+
+def _summands(node: Node) -> list:
+    """The terms of a sum written as additions of additions (used nowhere else)."""
+    if not _is_add(node):
+        return [node]
+    terms = []
+    for a in node.args:
+        terms += _summands(a) if _is_add(a) and len(a.users) == 1 else [a]
+    return terms
+
+
+class _Piece(NamedTuple):
+    part: Node  # the gradient of the part
+    indexed: bool  # a part taken by an index: it lacks `dim`
+    sizes: tuple  # of the whole
+    dim: int
+    start: int
+    end: int
+
+
+def _piece(node: Node) -> _Piece | None:
+    """`node`, a gradient of a slice (step 1) or of an index of a tensor, as a `_Piece`."""
+    if not (_is_op(node) and node.target in _PIECES) or node.kwargs:
+        return None
+    part, sizes, dim = node.args[0], tuple(node.args[1]), node.args[2]
+    dim %= len(sizes)
+    if node.target is _aten.select_backward.default:
+        start = node.args[3] % sizes[dim]
+        return _Piece(part, True, sizes, dim, start, start + 1)
+    start, end, step = node.args[3:6]
+    if step != 1:
+        return None
+    start = max(0, start + sizes[dim] if start < 0 else start)
+    end = min(sizes[dim], end + sizes[dim] if end < 0 else end)
+    return _Piece(part, False, sizes, dim, start, end)
+
+
+def _joined(graph_module: GraphModule, pieces: list, like: torch.Tensor, values: dict):
+    """The pieces' sum (`like` it) as one `cat` along their dimension, parts of the same range
+    added first; None where parts overlap."""
+    graph, sizes, dim = graph_module.graph, pieces[0].sizes, pieces[0].dim
+    parts, at = [], 0
+
+    def zeros(start, end):
+        shape = [*sizes[:dim], end - start, *sizes[dim + 1 :]]
+        return _constant(graph_module, like.new_zeros(shape), values)
+
+    for start, end in sorted({(p.start, p.end) for p in pieces}):
+        if start < at:
+            return None
+        if start > at:
+            parts.append(zeros(at, start))
+        same = [p for p in pieces if (p.start, p.end) == (start, end)]
+        part = None
+        for p in same:
+            value = p.part
+            if p.indexed:
+                value = _new(graph, values, _aten.unsqueeze.default, (value, dim))
+            part = value if part is None else _new(graph, values, _aten.add.Tensor, (part, value))
+        parts.append(part)
+        at = end
+    if at < sizes[dim]:
+        parts.append(zeros(at, sizes[dim]))
+    return _new(graph, values, _aten.cat.default, (parts, dim))
+
+
+def _clamp_masks(graph_module: GraphModule, values: dict) -> None:
+    """Replace the gradient mask of `clamp(x, lo, hi)`, `(x >= lo) & (x <= hi)` as autograd
+    writes it, by `clamp(x, lo, hi) == x`: one operation instead of three, the same mask (NaN
+    is outside both)."""
+    graph = graph_module.graph
+    clamps = {}
+    for node in list(graph.nodes):
+        if _is_op(node) and node.target is _aten.clamp.default and len(node.args) == 3:
+            clamps[_hashable(node.args)] = node
+        if not _is_op(node) or node.target is not _aten.logical_and.default:
+            continue
+        bounds = {}
+        for test in node.args:
+            if isinstance(test, Node) and _is_op(test) and len(test.args) == 2:
+                bounds[test.target] = test.args
+        low, high = bounds.get(_aten.ge.Scalar), bounds.get(_aten.le.Scalar)
+        if len(bounds) != 2 or low is None or high is None or low[0] is not high[0]:
+            continue
+        clamp = clamps.get(_hashable((low[0], low[1], high[1])))
+        if clamp is None:
+            continue
+        with graph.inserting_before(node):
+            mask = _new(graph, values, _aten.eq.Tensor, (clamp, low[0]))
+        if _identical(values[mask], values[node]):
+            node.replace_all_uses_with(mask)
+
+
+def _sums_shared(graph_module: GraphModule, values: dict) -> None:
+    """Replace a sum that repeats an earlier one but for `keepdim` (autograd sums a squared
+    residual once for the log density and again, keeping its dimensions, for a gradient) by
+    a view of the earlier one: one pass over the data instead of two."""
+    graph = graph_module.graph
+    earlier = {}
+    for node in list(graph.nodes):
+        if not _is_op(node) or node.target is not _aten.sum.dim_IntList or node.kwargs:
+            continue
+        if len(node.args) < 2 or not isinstance(node.args[0], Node):
+            continue
+        x, dims = node.args[0], node.args[1]
+        ndim = values[x].ndim
+        key = (x, tuple(sorted(d % ndim for d in dims)))
+        first = earlier.setdefault(key, node)
+        if first is node:
+            continue
+        with graph.inserting_before(node):
+            view = _new(graph, values, _aten.view.default, (first, list(values[node].shape)))
+        if _identical(values[view], values[node]):
+            node.replace_all_uses_with(view)
 
 
 def _drop_identities(graph, values: dict) -> None:

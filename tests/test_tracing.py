@@ -755,3 +755,120 @@ def test_only_chains_that_cannot_mix_run_in_chunks(monkeypatch):
     # a batched model's own code may mix its chains: it runs all at once
     batched = BestBatched(*model.data.values())
     assert not hasattr(trace_logdensity(batched, z), "chunk")
+
+
+# ----- fewer small operations, the same values to the last bit
+
+EXACT_PASSES = (
+    "_sums_of_one",
+    "_views_of_views",
+    "_scalar_factors_folded",
+    "_gradient_pieces_joined",
+    "_clamp_masks",
+    "_sums_shared",
+)
+
+
+@pytest.mark.parametrize("model", [*MODELS, LinearRegression(*correlated_regression())])
+def test_the_small_operation_passes_change_no_bit(model, monkeypatch):
+    """The passes that remove small operations (views of views, scalings by powers of two,
+    the gradient's pieces, clamp masks, sums of one element or repeated) give the values of
+    the trace without them bit for bit, at the trace point and away from it, and leave fewer
+    operations."""
+    z = random_z(model, 4, seed=8)
+    with_passes = trace_logdensity(model, z)
+    fewer = len(traced_op_names(model, z))
+    for name in EXACT_PASSES:
+        monkeypatch.setattr(tracing, name, lambda graph_module, values: None)
+    without = trace_logdensity(model, z)
+    assert fewer < len(traced_op_names(model, z))
+    for point in (z, random_z(model, 4, seed=9, scale=3.0)):
+        for got, want in zip(with_passes(point), without(point), strict=True):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_views_of_views_are_one_view_or_none():
+    def fn(z):
+        return z.unsqueeze(1).view(2, 2).exp().view(2, 1, 2).squeeze(1) * 3.0
+
+    graph_module, values = recorded(fn, Z)
+    assert op_names(graph_module) == ["unsqueeze", "view", "exp", "view", "squeeze", "mul"]
+    simplify(graph_module, values)
+    assert op_names(graph_module) == ["exp", "mul"]
+    assert torch.equal(trace(fn, Z)(2 * Z), fn(2 * Z))
+
+
+def test_scalings_by_powers_of_two_are_folded_and_cancel():
+    def fn(z):
+        a = -(z * 2.0) * -0.5  # z
+        b = -((-z.exp()) * DATA) * 3.0  # exp(z) * DATA * 3
+        return a.sin() + (z / 4).cos() * 2 + b
+
+    graph_module, values = recorded(fn, Z)
+    simplify(graph_module, values)
+    names = op_names(graph_module)
+    # exp(z) * DATA * 3, z / 4, cos(.) * 2: the signs and the scalings of z are gone
+    assert "neg" not in names and names.count("mul") + names.count("div") == 4
+    for point in (Z, 7.3 * Z):
+        assert torch.equal(trace(fn, Z)(point), fn(point))
+    # 3 * (x / 3) is not x to the last bit: left alone
+    graph_module, values = recorded(lambda z: (z / 3.0) * 3.0, Z)
+    simplify(graph_module, values)
+    assert op_names(graph_module) == ["div", "mul"]
+
+
+def test_the_gradient_is_assembled_in_one_cat():
+    """Best's gradient comes from slices and single columns of `z` (`slice_backward`,
+    `select_backward`: a zero tensor with one part written, each, then added up): assembled
+    instead by `cat`, the values unchanged."""
+    model = Best.simulate(seed=0)[0]
+    z = random_z(model, 4, seed=10)
+    graph_module, values = recorded(lambda z: model.logdensity_and_grad(z), z)
+    before = op_names(graph_module)
+    assert before.count("select_backward") + before.count("slice_backward") == 6
+    simplify(graph_module, values)
+    names = op_names(graph_module)
+    assert "select_backward" not in names and "slice_backward" not in names
+    lp, grad = model.logdensity_and_grad(z)
+    got_lp, got_grad = trace_logdensity(model, z)(z)
+    torch.testing.assert_close(got_grad, grad, rtol=1e-12, atol=0)
+
+    # a gap between the parts is filled with zeros; parts of one range are added first
+    def fn(z):
+        w = z.detach().requires_grad_()
+        (w[:, 0].exp().sum() + w[:, 0].sin().sum() + w[:, 1:].sum() * 0).backward()
+        return w.grad
+
+    wide = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    traced = trace(fn, wide)
+    assert torch.equal(traced(wide + 1), fn(wide + 1))
+
+
+def test_a_clamps_gradient_mask_is_one_comparison():
+    def fn(z):
+        w = z.detach().requires_grad_()
+        w.clamp(-0.5, 1.0).square().sum().backward()
+        return w.grad
+
+    graph_module, values = recorded(fn, Z)
+    assert {"ge", "le", "logical_and"} <= set(op_names(graph_module))
+    simplify(graph_module, values)
+    assert {"ge", "le", "logical_and"}.isdisjoint(op_names(graph_module))
+    for point in (Z, torch.tensor([[-0.5, 1.0], [float("nan"), 3.0]], dtype=torch.float64)):
+        got, want = trace(fn, Z)(point), fn(point)
+        assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_sums_of_one_element_and_repeated_sums_are_views():
+    """A sum over a dimension of size 1 is a view; a sum repeated with `keepdim` is a view
+    of the first: the squared residual of a normal likelihood is summed over the rows once."""
+    model = LinearRegression(*correlated_regression())
+    z = random_z(model, 4, seed=11)
+    graph_module, values = recorded(lambda z: model.logdensity_and_grad(z), z)
+    simplify(graph_module, values)
+    values = _values(graph_module, (z,))
+    sums = [n for n in graph_module.graph.nodes if _is_op(n) and op_name(n.target) == "sum"]
+    assert all(values[n.args[0]].shape[1] > 1 for n in sums)
+    assert len([n for n in sums if values[n.args[0]].numel() >= 5000]) == 1
+    assert_traced_equals_the_model(model, z)
