@@ -420,6 +420,8 @@ def simplify(graph_module: GraphModule, values: dict) -> None:
     _views_of_views(graph_module, values)
     _drop_identities(graph, values)
     _scalar_factors_folded(graph_module, values)
+    _negations_absorbed(graph_module, values)
+    _products_of_masks(graph_module, values)
     _gradient_pieces_joined(graph_module, values)
     _clamp_masks(graph_module, values)
     _sums_shared(graph_module, values)
@@ -978,6 +980,60 @@ def _scaled(graph, values: dict, node: Node, factor: float) -> Node:
     if factor == -1.0:
         return _new(graph, values, _aten.neg.default, (node,))
     return _new(graph, values, _aten.mul.Tensor, (node, factor))
+
+
+def _negations_absorbed(graph_module: GraphModule, values: dict) -> None:
+    """Replace `x + (-y)` by `x - y` and `x - (-y)` by `x + y`, where the negation, or a
+    negated factor of a product (`x + (-a) * b`), is used nowhere else: one operation fewer,
+    the same values (IEEE subtraction is the addition of the negation)."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not _is_op(node) or node.kwargs or len(node.args) != 2:
+            continue
+        if node.target not in (_aten.add.Tensor, _aten.sub.Tensor):
+            continue
+        terms = [1] if node.target is _aten.sub.Tensor else [1, 0]
+        for i in terms:
+            term, other = node.args[i], node.args[1 - i]
+            if not isinstance(term, Node) or not isinstance(other, Node) or len(term.users) != 1:
+                continue
+            with graph.inserting_before(node):
+                negated = _number_scaling(term, values) or _scaling_moved_out(term, values, graph)
+                if negated is None or negated[1] != -1.0:
+                    continue
+                op = _aten.add.Tensor if node.target is _aten.sub.Tensor else _aten.sub.Tensor
+                absorbed = _new(graph, values, op, (other, negated[0]))
+            if _identical(values[absorbed], values[node]):
+                node.replace_all_uses_with(absorbed)
+                break
+
+
+def _products_of_masks(graph_module: GraphModule, values: dict) -> None:
+    """Replace the product of two masks converted to numbers (`(low <= x) * (x < high)`, as
+    `Uniform.log_prob` writes its support) by the conversion of their `logical_and`."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if not _is_op(node) or node.target is not _aten.mul.Tensor or len(node.args) != 2:
+            continue
+        a, b = node.args
+        masks = [_converted_mask(x, values) for x in (a, b)]
+        if None in masks or a.kwargs != b.kwargs:
+            continue
+        with graph.inserting_before(node):
+            both = _new(graph, values, _aten.logical_and.default, tuple(masks))
+            converted = _new(graph, values, TO_COPY, (both,), dict(a.kwargs))
+        if _identical(values[converted], values[node]):
+            node.replace_all_uses_with(converted)
+
+
+def _converted_mask(node, values: dict):
+    """The boolean tensor `node` converts to another dtype, or None."""
+    if not (isinstance(node, Node) and _is_op(node) and node.target is TO_COPY):
+        return None
+    source = node.args[0]
+    if len(node.args) != 1 or not isinstance(source, Node):
+        return None
+    return source if values[source].dtype == torch.bool else None
 
 
 def _number_scaling(node, values: dict):

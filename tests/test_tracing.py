@@ -763,6 +763,8 @@ EXACT_PASSES = (
     "_sums_of_one",
     "_views_of_views",
     "_scalar_factors_folded",
+    "_negations_absorbed",
+    "_products_of_masks",
     "_gradient_pieces_joined",
     "_clamp_masks",
     "_sums_shared",
@@ -872,3 +874,20 @@ def test_sums_of_one_element_and_repeated_sums_are_views():
     assert all(values[n.args[0]].shape[1] > 1 for n in sums)
     assert len([n for n in sums if values[n.args[0]].numel() >= 5000]) == 1
     assert_traced_equals_the_model(model, z)
+
+
+def test_negations_are_absorbed_into_sums_and_masks_into_one():
+    """`x + (-y)` is `x - y`, `x - (-a) * b` is `x + a * b`; the product of two masks made
+    numbers (`Uniform`'s support test) is one `logical_and`, made a number."""
+
+    def fn(z):
+        w = z.exp()
+        inside = (DATA <= z).to(z.dtype) * (z < 2 * DATA).to(z.dtype)
+        return w + (-z.sin()) - (-z.cos()) * w + inside.log()
+
+    graph_module, values = recorded(fn, Z)
+    simplify(graph_module, values)
+    names = op_names(graph_module)
+    assert "neg" not in names and names.count("_to_copy") == 1
+    for point in (Z, torch.tensor([[1.5, 2.0], [-3.0, 0.25]], dtype=torch.float64)):
+        assert torch.equal(trace(fn, Z)(point), fn(point))
