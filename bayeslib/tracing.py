@@ -892,10 +892,10 @@ def _sums_of_one(graph_module: GraphModule, values: dict) -> None:
     for node in list(graph.nodes):
         if not _is_op(node) or node.target is not _aten.sum.dim_IntList or node.kwargs:
             continue
-        x = node.args[0]
-        if len(node.args) < 2 or not isinstance(x, Node) or not values[x].is_contiguous():
+        x, dims = node.args[0], node.args[1] if len(node.args) > 1 else None
+        if not isinstance(x, Node) or not values[x].is_contiguous() or not dims:
             continue
-        if any(values[x].shape[d] != 1 for d in node.args[1]) or not node.args[1]:
+        if any(values[x].shape[d] != 1 for d in dims):
             continue
         with graph.inserting_before(node):
             view = _new(graph, values, _aten.view.default, (x, list(values[node].shape)))
@@ -1196,7 +1196,9 @@ def _clamp_masks(graph_module: GraphModule, values: dict) -> None:
         if len(bounds) != 2 or low is None or high is None or low[0] is not high[0]:
             continue
         clamp = clamps.get(_hashable((low[0], low[1], high[1])))
-        if clamp is None:
+        if clamp is None or not (_is_number(low[1]) and _is_number(high[1])):
+            continue
+        if low[1] > high[1]:  # clamp then gives `hi` everywhere
             continue
         with graph.inserting_before(node):
             mask = _new(graph, values, _aten.eq.Tensor, (clamp, low[0]))
@@ -1215,9 +1217,8 @@ def _sums_shared(graph_module: GraphModule, values: dict) -> None:
             continue
         if len(node.args) < 2 or not isinstance(node.args[0], Node):
             continue
-        x, dims = node.args[0], node.args[1]
-        ndim = values[x].ndim
-        key = (x, tuple(sorted(d % ndim for d in dims)))
+        x, dims, ndim = node.args[0], node.args[1], values[node.args[0]].ndim
+        key = (x, tuple(sorted(d % ndim for d in dims or range(ndim))))  # None, []: all
         first = earlier.setdefault(key, node)
         if first is node:
             continue
@@ -1329,6 +1330,8 @@ def to_python(graph_module: GraphModule, values: dict, what: str = "the traced f
                 f"or {name}.device != {layout[2]}:"
             )
             lines.append(f"    raise {refuse}({name})")
+            if example.is_contiguous():  # every result then has its traced layout (views)
+                lines.append(f"{name} = {name}.contiguous()")
             continue
         if node.op == "get_attr":
             scope[name] = values[node]
