@@ -1222,6 +1222,9 @@ def _sums_shared(graph_module: GraphModule, values: dict) -> None:
         first = earlier.setdefault(key, node)
         if first is node:
             continue
+        if values[first].shape == values[node].shape:
+            node.replace_all_uses_with(first)  # the same sum
+            continue
         with graph.inserting_before(node):
             view = _new(graph, values, _aten.view.default, (first, list(values[node].shape)))
         if _identical(values[view], values[node]):
