@@ -1088,9 +1088,9 @@ def _gradient_pieces_joined(graph_module: GraphModule, values: dict) -> None:
     for node in reversed(list(graph.nodes)):
         if not _is_add(node) or any(_is_add(user) for user in node.users):
             continue  # only whole sums: the outermost addition
-        terms = _summands(node)
-        pieces = [p for p in map(_piece, terms) if p is not None]
-        others = [t for t in terms if _piece(t) is None]
+        terms = [(term, _piece(term)) for term in _summands(node)]
+        pieces = [piece for _, piece in terms if piece is not None]
+        others = [term for term, piece in terms if piece is None]
         if len(pieces) < 2 or len({(p.sizes, p.dim) for p in pieces}) != 1:
             continue
         with graph.inserting_before(node):
@@ -1223,8 +1223,7 @@ def _sums_shared(graph_module: GraphModule, values: dict) -> None:
         if first is node:
             continue
         if values[first].shape == values[node].shape:
-            node.replace_all_uses_with(first)  # the same sum
-            continue
+            continue  # the same sum: `_share_repeated` shares it
         with graph.inserting_before(node):
             view = _new(graph, values, _aten.view.default, (first, list(values[node].shape)))
         if _identical(values[view], values[node]):
