@@ -63,15 +63,18 @@ def jobs_of(output):
 
 
 def cancel_mid_sample(workdir):
-    """[job id] of the sample job (SAMPLE) cancelled with scancel once it runs and its script
-    has opened its log (so mid-sample, not queued)."""
+    """[job id] of the study's sample job (SAMPLE, run in `workdir`) cancelled with scancel
+    once it runs and its script has opened its log (so mid-sample, not queued). The GPU run's
+    sample job has the same name and runs beside it, in another folder: it is left alone."""
     log = workdir / SAMPLE_LOG
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         running = [
             i
             for i, job in slurm_jobs().items()
-            if job.get("Comment") == SAMPLE and job["JobState"] == "RUNNING"
+            if job.get("Comment") == SAMPLE
+            and job.get("WorkDir") == str(workdir)
+            and job["JobState"] == "RUNNING"
         ]
         if running and log.exists():
             subprocess.run(["scancel", running[0]], check=True)
