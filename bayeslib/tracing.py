@@ -710,7 +710,7 @@ def _scaling(graph_module: GraphModule, node: Node, values: dict):
     for base, factor in ((a, b), (b, a)) if not divide else ((a, b),):
         if not isinstance(base, Node) or values[base].shape != out.shape:
             continue
-        if isinstance(factor, int | float) and not isinstance(factor, bool):
+        if _is_number(factor):
             return base, (1.0 / factor if divide else float(factor))
         small = _broadcast_view(graph_module, factor, out.ndim, values)
         if small is None or values[small].numel() >= out.numel():
@@ -833,7 +833,7 @@ def _sum_moved_in(graph_module: GraphModule, node: Node, values: dict):
 
     def constant_along(term):
         """`term` summed over `dims` (`count` times it), or None where it varies along them."""
-        if isinstance(term, int | float) and not isinstance(term, bool):
+        if _is_number(term):
             return term * count
         small = _broadcast_view(graph_module, term, big.ndim, values)
         if small is None or any(values[small].shape[d] != 1 for d in dims):
@@ -924,7 +924,7 @@ def _views_of_views(graph_module: GraphModule, values: dict) -> None:
 def _is_view(node) -> bool:
     return (
         isinstance(node, Node)
-        and node.op == "call_function"
+        and _is_op(node)
         and node.target in _VIEWS
         and isinstance(node.args[0], Node)
     )
@@ -1104,7 +1104,7 @@ def _gradient_pieces_joined(graph_module: GraphModule, values: dict) -> None:
 def _is_add(node) -> bool:
     return (
         isinstance(node, Node)
-        and node.op == "call_function"
+        and _is_op(node)
         and node.target is _aten.add.Tensor
         and len(node.args) == 2
         and not node.kwargs
